@@ -1,0 +1,1 @@
+"""Trio TCP between nodes: authenticated encrypted links, framing, peers, gossip."""

@@ -1,0 +1,1 @@
+"""LevelDB (plyvel) stores: blocks with certificates, versioned application state, consensus journal."""

@@ -1,0 +1,84 @@
+"""Key files: an Ed25519 seed on disk, written atomically with mode 0600.
+
+Format: one line of JSON, `{"type": "ed25519", "seed": "<64 hex chars>"}`. A key
+file that other users can read, or that is not in this format, is refused with
+an error naming the file (never the secret).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from consensus.crypto import SEED_BYTES, SigningKey
+
+KEY_FILE_MODE = 0o600
+MAX_KEY_FILE_BYTES = 4096
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unsafe or malformed."""
+
+
+def write_key(path: str | os.PathLike[str], key: SigningKey, *, overwrite: bool = False) -> None:
+    """Write `key` to `path` atomically (temp file, fsync, rename) with mode 0600."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"type": "ed25519", "seed": key.seed.hex(), "public": key.public.hex()})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-", suffix=".tmp")
+    try:
+        os.fchmod(fd, KEY_FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(body + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_key(path: str | os.PathLike[str]) -> SigningKey:
+    """Load a key file, refusing one with group/other permissions or a bad format."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: key file not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise KeyFileError(
+            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open; "
+            f"run `chmod 600 {path}`"
+        )
+    if st.st_size > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{path}: too large to be a key file")
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("type") != "ed25519":
+            raise ValueError("type is not ed25519")
+        seed = bytes.fromhex(doc["seed"])
+        if len(seed) != SEED_BYTES:
+            raise ValueError("seed has the wrong length")
+        key = SigningKey(seed)
+        if "public" in doc and bytes.fromhex(doc["public"]) != key.public:
+            raise ValueError("public key does not match the seed")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        # the exception text never contains the seed: it names the problem only
+        raise KeyFileError(f"{path}: not a valid Redwood key file ({type(exc).__name__})") from None
+    return key
+
+
+def read_public(path: str | os.PathLike[str]) -> bytes:
+    return read_key(path).public
