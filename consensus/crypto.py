@@ -13,9 +13,9 @@ simulator can use a fast fake and the node can batch checks across threads.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Protocol, cast
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import nacl.exceptions
 import nacl.signing
 
@@ -49,7 +49,7 @@ def signing_bytes(domain: str, chain_id: str, payload: bytes) -> bytes:
     A msgpack array is self-delimiting, so no (domain, chain, payload) triple
     can be re-split into another one.
     """
-    return msgpack.packb([domain, chain_id, payload], use_bin_type=True)
+    return cast(bytes, msgpack.packb([domain, chain_id, payload], use_bin_type=True))
 
 
 class SigningKey:
@@ -82,19 +82,30 @@ class SigningKey:
 def verify(public: bytes, signature: bytes, domain: str, chain_id: str, payload: bytes) -> bool:
     """True when `signature` is `public`'s signature of (domain, chain_id, payload).
 
-    Returns False (never raises) for malformed keys or signatures: they come
-    from peers.
+    Returns False (never raises) for malformed keys, signatures or arguments
+    of the wrong type: they come from peers.
     """
-    return verify_raw(public, signature, signing_bytes(domain, chain_id, payload))
+    if not (type(domain) is str and type(chain_id) is str and isinstance(payload, bytes)):
+        return False
+    try:
+        message = signing_bytes(domain, chain_id, payload)
+    except (TypeError, ValueError):  # e.g. a lone surrogate in a str
+        return False
+    return verify_raw(public, signature, message)
 
 
 def verify_raw(public: bytes, signature: bytes, message: bytes) -> bool:
+    """True when `signature` is `public`'s Ed25519 signature of exactly `message`."""
+    if not (isinstance(public, bytes) and isinstance(signature, bytes)):
+        return False
     if len(public) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    if not isinstance(message, bytes):
         return False
     try:
         nacl.signing.VerifyKey(public).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        return False
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return False  # BadSignatureError is a CryptoError
     return True
 
 

@@ -92,13 +92,14 @@ def verify_inclusion(item: bytes, proof: InclusionProof, expected_root: bytes) -
 
 
 def verify_leaf_hash(leaf: bytes, proof: InclusionProof, expected_root: bytes) -> bool:
-    if not isinstance(proof, InclusionProof) or proof.index >= proof.size:
+    """`verify_inclusion` for an already-hashed leaf."""
+    if not isinstance(proof, InclusionProof) or not _well_formed(proof):
         return False
-    if len(proof.path) > MAX_PROOF_DEPTH:
+    if type(leaf) is not bytes or len(leaf) != 32:
         return False
     fn, sn, r = proof.index, proof.size - 1, leaf
     for p in proof.path:
-        if len(p) != 32 or sn == 0:
+        if type(p) is not bytes or len(p) != 32 or sn == 0:
             return False
         if fn & 1 or fn == sn:
             r = inner_hash(p, r)
@@ -111,3 +112,15 @@ def verify_leaf_hash(leaf: bytes, proof: InclusionProof, expected_root: bytes) -
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == expected_root
+
+
+def _well_formed(proof: InclusionProof) -> bool:
+    """Index and size are integers with 0 <= index < size; the path is a short sequence.
+
+    A hand-built proof (not one from the decoder) could carry a negative
+    index, which the bit walk below would treat as an all-ones index.
+    """
+    index, size, path = proof.index, proof.size, proof.path
+    if type(index) is not int or type(size) is not int or not 0 <= index < size:
+        return False
+    return isinstance(path, tuple | list) and len(path) <= MAX_PROOF_DEPTH

@@ -127,7 +127,7 @@ class BlockHeader:
 class Block:
     """A header and the canonical bytes of its transactions, in order."""
 
-    header: BlockHeader = wire(Struct(BlockHeader))
+    header: BlockHeader = wire(Struct(BlockHeader))  # noqa: RUF009
     txs: tuple[bytes, ...] = wire(ListOf(Bytes(max_len=MAX_TX_BYTES), MAX_BLOCK_TXS))
 
     def hash(self) -> bytes:
@@ -148,7 +148,7 @@ class PrePrepare:
 
     view: int = wire(U64)
     height: int = wire(U64)
-    block: Block = wire(Struct(Block))
+    block: Block = wire(Struct(Block))  # noqa: RUF009
     replica: bytes = wire(PUBKEY)
     signature: bytes = wire(SIGNATURE)
 
@@ -204,7 +204,7 @@ class Checkpoint:
 class PreparedCertificate:
     """P_m of PBFT §4.4: a pre-prepare and q-1 matching prepares from others."""
 
-    pre_prepare: PrePrepare = wire(Struct(PrePrepare))
+    pre_prepare: PrePrepare = wire(Struct(PrePrepare))  # noqa: RUF009
     prepares: tuple[Prepare, ...] = wire(ListOf(Struct(Prepare), MAX_VALIDATORS))
 
 
@@ -269,9 +269,7 @@ class CommitCertificate:
     height: int = wire(U64)
     digest: bytes = wire(HASH)
     epoch: int = wire(U64)
-    signatures: tuple[CommitSignature, ...] = wire(
-        ListOf(Struct(CommitSignature), MAX_VALIDATORS)
-    )
+    signatures: tuple[CommitSignature, ...] = wire(ListOf(Struct(CommitSignature), MAX_VALIDATORS))
 
 
 @message(21)
@@ -279,8 +277,8 @@ class CommitCertificate:
 class CertifiedBlock:
     """A committed block with the certificate that commits it (catch-up, storage)."""
 
-    block: Block = wire(Struct(Block))
-    certificate: CommitCertificate = wire(Struct(CommitCertificate))
+    block: Block = wire(Struct(Block))  # noqa: RUF009
+    certificate: CommitCertificate = wire(Struct(CommitCertificate))  # noqa: RUF009
 
 
 @message(22)
