@@ -1,0 +1,628 @@
+"""The chain store: certified blocks, versioned application state, meta and the consensus journal.
+
+One LevelDB (plyvel) database per node home. Every block commit — block and
+certificate, hash index, tx index, state writes with their history, meta and
+the head pointer — is ONE `write_batch(transaction=True, sync=...)`, so a
+kill -9 at any instant leaves either the old head or the new one, never a mix.
+The consensus journal has its own prefix and is always written with sync=True.
+
+Key layout (all integers big-endian, so keys sort numerically)
+---------------------------------------------------------------
+=============================  ==============================================
+key                            value
+=============================  ==============================================
+``m/format``                   u32 store format version (`FORMAT`)
+``m/genesis``                  32-byte genesis hash (block 1's parent hash)
+``m/head``                     u64 height + 32-byte hash of the head block
+``b/`` u64 height              `codec.encode(CertifiedBlock)`
+``h/`` block hash              u64 height
+``t/`` tx hash                 u64 height, u32 index, u32 status,
+                               u32 offset, u32 length (where the tx's bytes
+                               sit inside the stored block record)
+``s/`` state key               current version: u64 version, u64 height,
+                               u32 tx_index, u8 present(1)/deleted(0), value
+``v/`` u16 len, key, u64 ver   one history entry: u64 height, u32 tx_index,
+                               u8 present/deleted, value
+``a/`` meta key                application meta value
+``j/`` journal key             consensus journal value
+=============================  ==============================================
+
+Transactions are stored once, inside the block record; the tx index keeps
+their byte range in it, and `get_tx` checks the slice against the tx hash. A tx
+hash already in the index keeps its first location. History keys carry the
+state key's length so that one key's versions are a contiguous range that no
+other key's entries can fall into.
+
+Reads never take a lock (LevelDB reads are thread-safe and each iterator reads
+a snapshot). Writers (`commit_block`, `journal_write`) are serialized by a
+lock: the node calls them from one worker thread at a time, and the lock makes
+a mistake there harmless rather than corrupting.
+
+`ChainStore.open` checks the head before anyone uses the store: the head
+pointer's block exists and decodes, its certificate names that block, the hash
+chain of the last `HEAD_CHECK_BLOCKS` blocks links, nothing lies beyond the
+head, and the head block's transactions are indexed. A store that fails any
+check is refused with a `StoreError` naming the recovery command.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import plyvel
+
+from consensus import codec
+from consensus.codec import DecodeError
+from consensus.types import CertifiedBlock, tx_hash
+
+FORMAT = 1
+HASH_BYTES = 32
+HEAD_CHECK_BLOCKS = 32
+STATE_KEY_BYTES_MAX = 4096
+RECORD_HISTORY_MAX = 1000
+META_KEY_BYTES_MAX = 1024
+U32_MAX = 2**32 - 1
+RECOVERY_COMMAND = "redwood repair --home DIR"
+
+_FORMAT_KEY = b"m/format"
+_GENESIS_KEY = b"m/genesis"
+_HEAD_KEY = b"m/head"
+_BLOCK = b"b/"
+_HASH = b"h/"
+_TX = b"t/"
+_STATE = b"s/"
+_HISTORY = b"v/"
+_META = b"a/"
+_JOURNAL = b"j/"
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HEAD = struct.Struct(">Q32s")
+_TXLOC = struct.Struct(">QIIII")
+_CURRENT = struct.Struct(">QQIB")
+_VERSION = struct.Struct(">QIB")
+
+# LevelDB tuning: a large write buffer keeps multi-megabyte block batches from
+# stalling on memtable flushes; bloom filters make "is this tx hash new?" cheap.
+_DB_OPTIONS = {
+    "write_buffer_size": 32 * 1024 * 1024,
+    "lru_cache_size": 64 * 1024 * 1024,
+    "bloom_filter_bits": 10,
+    "paranoid_checks": True,
+}
+
+
+class StoreError(Exception):
+    """The store is corrupt, inconsistent, locked or of another chain. The message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """Set `key` to `value` (None deletes; the deletion is kept in history) for tx `tx_index`."""
+
+    key: bytes
+    value: bytes | None
+    tx_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVersion:
+    """One version of a state key; `value` None means the key was deleted at this version."""
+
+    key: bytes
+    value: bytes | None
+    version: int
+    height: int
+    tx_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxLocation:
+    """Where a committed transaction is: block height, index in the block, receipt status."""
+
+    height: int
+    index: int
+    tx: bytes
+    status: int
+
+
+def _block_key(height: int) -> bytes:
+    return _BLOCK + _U64.pack(height)
+
+
+def _history_prefix(key: bytes) -> bytes:
+    return _HISTORY + _U16.pack(len(key)) + key
+
+
+def _msgpack_header_bytes(length: int, small: int) -> int:
+    """Size of a msgpack bin (small=0) or array (small=16) header for `length`."""
+    if small and length < small:
+        return 1
+    if not small and length < 256:
+        return 2
+    return 3 if length < 65536 else 5
+
+
+def _tx_offsets(cb: CertifiedBlock, record: bytes) -> list[int]:
+    """Byte offset of each transaction's bytes inside `codec.encode(cb)`.
+
+    The record is `[version, tag, [[header, [tx, ...]], certificate]]`; msgpack
+    writes each bin as a header and the raw bytes, so every tx appears verbatim.
+    Checked against the record for the first and last transaction.
+    """
+    txs = cb.block.txs
+    start = 5 + len(codec.encode_body(cb.block.header))  # 3 envelope + 2 array bytes
+    offset = start + _msgpack_header_bytes(len(txs), 16)
+    offsets = []
+    append = offsets.append
+    for tx in txs:
+        n = len(tx)
+        offset += 2 if n < 256 else (3 if n < 65536 else 5)
+        append(offset)
+        offset += n
+    assert (
+        record[0] == 0x93 and record[1] < 0x80 and record[2] < 0x80 and record[3:5] == b"\x92\x92"
+    )
+    if txs:
+        assert record[offsets[0] : offsets[0] + len(txs[0])] == txs[0]
+        assert record[offsets[-1] : offsets[-1] + len(txs[-1])] == txs[-1]
+    return offsets
+
+
+class ChainStore:
+    """Blocks with certificates, versioned state, meta and the journal in one LevelDB."""
+
+    def __init__(self, db: plyvel.DB, path: Path, genesis_hash: bytes) -> None:
+        self._db = db
+        self.path = path
+        self.genesis_hash = genesis_hash
+        self._write_lock = threading.Lock()
+        self._head_height = 0
+        self._head_hash = genesis_hash
+
+    # -- opening and checking ------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, genesis_hash: bytes | None = None) -> ChainStore:
+        """Open (creating if missing) the store at `path` and check its head.
+
+        `genesis_hash` is recorded on first open; a later open with a different
+        one is refused. It may be omitted only for an existing store.
+        """
+        path = Path(path)
+        if genesis_hash is not None and (
+            not isinstance(genesis_hash, bytes) or len(genesis_hash) != HASH_BYTES
+        ):
+            raise ValueError(f"genesis_hash must be {HASH_BYTES} bytes")
+        if genesis_hash is None and not (path / "CURRENT").exists():
+            raise StoreError(
+                f"{path}: no chain store here, and no genesis hash given to create one"
+            )
+        db = _open_db(path)
+        try:
+            store = cls(db, path, _check_genesis(db, path, genesis_hash))
+            store._load_head()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._db.closed:
+                self._db.close()
+
+    def __enter__(self) -> ChainStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _corrupt(self, what: str) -> StoreError:
+        return _corrupt(self.path, what)
+
+    def _load_head(self) -> None:
+        raw = self._db.get(_HEAD_KEY)
+        if raw is None:
+            if next(self._db.iterator(prefix=_BLOCK, include_value=False), None) is not None:
+                raise self._corrupt("blocks are present but the head pointer is missing")
+            return
+        if len(raw) != _HEAD.size:
+            raise self._corrupt(f"head pointer is {len(raw)} bytes, expected {_HEAD.size}")
+        height, head_hash = _HEAD.unpack(raw)
+        if height < 1:
+            raise self._corrupt(f"head pointer names height {height}")
+        if self._db.get(_block_key(height + 1)) is not None:
+            raise self._corrupt(f"a block exists above the head height {height}")
+        cb = self._check_block(height, head_hash)
+        self._check_chain(cb)
+        self._check_tx_index(cb)
+        self._head_height = height
+        self._head_hash = head_hash
+
+    def _check_block(self, height: int, expected_hash: bytes) -> CertifiedBlock:
+        """The block at `height` exists, decodes, has `expected_hash`, and its certificate matches."""
+        cb = self.get_block(height)
+        if cb is None:
+            raise self._corrupt(f"block {height} is missing")
+        block_hash = cb.block.hash()
+        if cb.block.height != height or block_hash != expected_hash:
+            raise self._corrupt(f"block stored at height {height} is not the block expected there")
+        cert = cb.certificate
+        if cert.height != height or cert.digest != block_hash:
+            raise self._corrupt(f"certificate of block {height} does not match the block")
+        if self._db.get(_HASH + block_hash) != _U64.pack(height):
+            raise self._corrupt(f"hash index entry of block {height} is missing or wrong")
+        return cb
+
+    def _check_chain(self, head: CertifiedBlock) -> None:
+        """The parent links of the last HEAD_CHECK_BLOCKS blocks hold."""
+        cb = head
+        lowest = max(1, head.block.height - HEAD_CHECK_BLOCKS + 1)
+        while cb.block.height > lowest:
+            parent_height = cb.block.height - 1
+            cb = self._check_block(parent_height, cb.block.header.parent_hash)
+        if cb.block.height == 1 and cb.block.header.parent_hash != self.genesis_hash:
+            raise self._corrupt("block 1 does not link to the genesis hash")
+
+    def _check_tx_index(self, head: CertifiedBlock) -> None:
+        height = head.block.height
+        for index, tx in enumerate(head.block.txs):
+            loc = self.get_tx(tx_hash(tx))
+            if loc is None or loc.height > height or (loc.height == height and loc.index > index):
+                raise self._corrupt(f"tx index entry of block {height} tx {index} is missing")
+
+    # -- blocks ----------------------------------------------------------------
+
+    def head_height(self) -> int:
+        return self._head_height
+
+    def head_hash(self) -> bytes:
+        """Hash of the head block (the genesis hash when there is none). Extension."""
+        return self._head_hash
+
+    def head(self) -> CertifiedBlock | None:
+        return self.get_block(self._head_height) if self._head_height else None
+
+    def get_block(self, height: int) -> CertifiedBlock | None:
+        if not 0 < height < 2**64:
+            return None
+        raw = self._db.get(_block_key(height))
+        return None if raw is None else self._decode_block(height, raw)
+
+    def get_block_by_hash(self, block_hash: bytes) -> CertifiedBlock | None:
+        raw = self._db.get(_HASH + bytes(block_hash))
+        if raw is None:
+            return None
+        if len(raw) != _U64.size:
+            raise self._corrupt("a hash index entry is malformed")
+        return self.get_block(_U64.unpack(raw)[0])
+
+    def get_blocks(self, first: int, last: int, max_bytes: int) -> list[CertifiedBlock]:
+        """Blocks first..last in order, stopping before `max_bytes` of records are exceeded.
+
+        The first block is returned even if it alone exceeds `max_bytes`, so
+        a peer catching up always makes progress.
+        """
+        first = max(first, 1)
+        last = min(last, self._head_height)
+        if first > last:
+            return []
+        blocks: list[CertifiedBlock] = []
+        total = 0
+        it = self._db.iterator(start=_block_key(first), stop=_block_key(last + 1))
+        with it:
+            for key, raw in it:
+                total += len(raw)
+                if blocks and total > max_bytes:
+                    break
+                height = _U64.unpack(key[len(_BLOCK) :])[0]
+                if height != first + len(blocks):
+                    raise self._corrupt(f"block {first + len(blocks)} is missing")
+                blocks.append(self._decode_block(height, raw))
+        return blocks
+
+    def _decode_block(self, height: int, raw: bytes) -> CertifiedBlock:
+        try:
+            cb = codec.decode(raw, CertifiedBlock)
+        except DecodeError as exc:
+            raise self._corrupt(f"block {height} does not decode ({exc})") from None
+        if cb.block.height != height:
+            raise self._corrupt(f"record for height {height} holds block {cb.block.height}")
+        return cb
+
+    # -- transactions ----------------------------------------------------------
+
+    def get_tx(self, tx_hash_: bytes) -> TxLocation | None:
+        raw = self._db.get(_TX + bytes(tx_hash_))
+        if raw is None:
+            return None
+        if len(raw) != _TXLOC.size:
+            raise self._corrupt("a tx index entry is malformed")
+        height, index, status, offset, length = _TXLOC.unpack(raw)
+        record = self._db.get(_block_key(height))
+        tx = None if record is None else record[offset : offset + length]
+        if tx is None or len(tx) != length or tx_hash(tx) != tx_hash_:
+            raise self._corrupt(f"tx index points into block {height}, which does not hold the tx")
+        return TxLocation(height, index, tx, status)
+
+    def has_tx(self, tx_hash_: bytes) -> bool:
+        return self._db.get(_TX + bytes(tx_hash_)) is not None
+
+    # -- state -----------------------------------------------------------------
+
+    def get_record(self, key: bytes) -> RecordVersion | None:
+        raw = self._db.get(_STATE + bytes(key))
+        if raw is None:
+            return None
+        if len(raw) < _CURRENT.size:
+            raise self._corrupt("a state record is malformed")
+        version, height, tx_index, present = _CURRENT.unpack_from(raw)
+        if present > 1:
+            raise self._corrupt("a state record is malformed")
+        value = raw[_CURRENT.size :] if present else None
+        return RecordVersion(bytes(key), value, version, height, tx_index)
+
+    def record_history(
+        self, key: bytes, limit: int = 100, before_version: int | None = None
+    ) -> list[RecordVersion]:
+        """Versions of `key`, newest first, at most `limit` (capped at RECORD_HISTORY_MAX).
+
+        With `before_version`, only versions older than it (for paging).
+        """
+        key = bytes(key)
+        limit = min(limit, RECORD_HISTORY_MAX)
+        if limit < 1 or len(key) > STATE_KEY_BYTES_MAX:
+            return []
+        prefix = _history_prefix(key)
+        stop = prefix + _U64.pack(before_version) if before_version is not None else None
+        if before_version is not None and before_version <= 1:
+            return []
+        it = self._db.iterator(start=prefix, stop=stop, reverse=True) if stop else None
+        if it is None:
+            it = self._db.iterator(prefix=prefix, reverse=True)
+        out: list[RecordVersion] = []
+        with it:
+            for hkey, raw in it:
+                if len(hkey) != len(prefix) + 8 or len(raw) < _VERSION.size:
+                    raise self._corrupt("a state history entry is malformed")
+                version = _U64.unpack_from(hkey, len(prefix))[0]
+                height, tx_index, present = _VERSION.unpack_from(raw)
+                value = raw[_VERSION.size :] if present else None
+                out.append(RecordVersion(key, value, version, height, tx_index))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # -- meta and journal --------------------------------------------------------
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(_META + bytes(key))
+        return value
+
+    def journal_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Persist journal records (None deletes) atomically, synced before returning."""
+        for key, value in records:
+            _check_bytes("journal key", key, META_KEY_BYTES_MAX)
+            if value is not None and not isinstance(value, bytes):
+                raise ValueError("journal value must be bytes or None")
+        with self._write_lock, self._db.write_batch(transaction=True, sync=True) as wb:
+            for key, value in records:
+                if value is None:
+                    wb.delete(_JOURNAL + key)
+                else:
+                    wb.put(_JOURNAL + key, value)
+
+    def journal_items(self) -> dict[bytes, bytes]:
+        n = len(_JOURNAL)
+        with self._db.iterator(prefix=_JOURNAL) as it:
+            return {key[n:]: value for key, value in it}
+
+    # -- committing a block ------------------------------------------------------
+
+    def commit_block(
+        self,
+        cb: CertifiedBlock,
+        writes: Sequence[StateWrite],
+        meta: Mapping[bytes, bytes | None] = {},  # never mutated
+        tx_status: Sequence[int] | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        """Write block `head+1` with its certificate, indexes, state writes and meta atomically.
+
+        Raises ValueError (and writes nothing) if the block is not at head+1,
+        does not link to the head's hash, carries a certificate for another
+        block, or the arguments are malformed. Meta values of None delete.
+        """
+        with self._write_lock:
+            block_hash = self._check_next(cb)
+            statuses = self._check_statuses(tx_status, len(cb.block.txs))
+            meta_entries = _meta_entries(meta)
+            record = codec.encode(cb)
+            height = cb.block.height
+            hkey = _U64.pack(height)
+            # A ValueError raised inside the batch discards it: nothing is written.
+            with self._db.write_batch(transaction=True, sync=sync) as wb:
+                wb.put(_BLOCK + hkey, record)
+                wb.put(_HASH + block_hash, hkey)
+                self._put_tx_index(wb, cb, record, statuses)
+                self._put_state(wb, writes, height)
+                for key, value in meta_entries:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+                wb.put(_HEAD_KEY, _HEAD.pack(height, block_hash))
+            self._head_height = height
+            self._head_hash = block_hash
+
+    def _check_next(self, cb: CertifiedBlock) -> bytes:
+        if not isinstance(cb, CertifiedBlock):
+            raise ValueError(f"expected a CertifiedBlock, got {type(cb).__name__}")
+        height = cb.block.height
+        if height != self._head_height + 1:
+            raise ValueError(
+                f"cannot commit block {height}: the store's head is {self._head_height}, "
+                f"so the next block must be {self._head_height + 1}"
+            )
+        if cb.block.header.parent_hash != self._head_hash:
+            raise ValueError(
+                f"cannot commit block {height}: its parent hash "
+                f"{cb.block.header.parent_hash.hex()[:16]} does not match the hash "
+                f"{self._head_hash.hex()[:16]} of {'block ' + str(height - 1) if height > 1 else 'genesis'}"
+            )
+        block_hash = cb.block.hash()
+        cert = cb.certificate
+        if cert.height != height or cert.digest != block_hash:
+            raise ValueError(f"cannot commit block {height}: its certificate is for another block")
+        return block_hash
+
+    @staticmethod
+    def _check_statuses(tx_status: Sequence[int] | None, count: int) -> Sequence[int]:
+        if tx_status is None:
+            return (0,) * count
+        if len(tx_status) != count:
+            raise ValueError(f"tx_status has {len(tx_status)} entries for {count} transactions")
+        for status in tx_status:
+            if type(status) is not int or not 0 <= status <= U32_MAX:
+                raise ValueError(f"tx status {status!r} is not an integer in 0..2**32-1")
+        return tx_status
+
+    def _put_tx_index(
+        self, wb: plyvel.WriteBatch, cb: CertifiedBlock, record: bytes, statuses: Sequence[int]
+    ) -> None:
+        """Index the block's transactions that were never indexed before (first location wins)."""
+        height = cb.block.height
+        put, pack = wb.put, _TXLOC.pack
+        keys = [_TX + tx_hash(tx) for tx in cb.block.txs]
+        skip = self._existing(keys)  # already indexed by an earlier block
+        offsets = _tx_offsets(cb, record)
+        for index, (key, tx) in enumerate(zip(keys, cb.block.txs, strict=True)):
+            if key in skip:
+                continue
+            skip.add(key)  # a second copy in this block keeps the first location too
+            put(key, pack(height, index, statuses[index], offsets[index], len(tx)))
+
+    def _existing(self, keys: list[bytes]) -> set[bytes]:
+        """Those of `keys` present in the database (looked up in key order: fewer cache misses)."""
+        get = self._db.get
+        return {key for key in sorted(keys) if get(key) is not None}
+
+    def _put_state(self, wb: plyvel.WriteBatch, writes: Sequence[StateWrite], height: int) -> None:
+        """Current and history entries for each write, with version numbers counted per key."""
+        put = wb.put
+        pack_current, pack_version, pack_u64, pack_u16 = (
+            _CURRENT.pack,
+            _VERSION.pack,
+            _U64.pack,
+            _U16.pack,
+        )
+        versions = self._current_versions(writes)
+        for w in writes:
+            key, value, tx_index = w.key, w.value, w.tx_index
+            if value is None:
+                present, body = 0, b""
+            elif type(value) is bytes:
+                present, body = 1, value
+            else:
+                raise ValueError("state value must be bytes or None")
+            if type(tx_index) is not int or not 0 <= tx_index <= U32_MAX:
+                raise ValueError(f"tx_index {tx_index!r} is not an integer in 0..2**32-1")
+            version = versions[key] + 1
+            versions[key] = version
+            put(_STATE + key, pack_current(version, height, tx_index, present) + body)
+            put(
+                _HISTORY + pack_u16(len(key)) + key + pack_u64(version),
+                pack_version(height, tx_index, present) + body,
+            )
+
+    def _current_versions(self, writes: Sequence[StateWrite]) -> dict[bytes, int]:
+        """Current version number (0 = never written) of every key in `writes`."""
+        keys = {w.key for w in writes}
+        for key in keys:
+            if type(key) is not bytes or len(key) > STATE_KEY_BYTES_MAX:
+                raise ValueError(f"state key must be bytes of at most {STATE_KEY_BYTES_MAX} bytes")
+        get, unpack = self._db.get, _U64.unpack_from
+        versions = {}
+        for key in sorted(keys):
+            current = get(_STATE + key)
+            versions[key] = 0 if current is None else unpack(current)[0]
+        return versions
+
+
+# -- module helpers --------------------------------------------------------------
+
+
+def _corrupt(path: Path, what: str) -> StoreError:
+    return StoreError(
+        f"chain store {path} is corrupt or inconsistent: {what}. The node will not run on it. "
+        f"To recover, stop the node and run `{RECOVERY_COMMAND}` (DIR = the node home that "
+        f"holds this data directory): it drops this chain data and re-syncs it from peers."
+    )
+
+
+def _open_db(path: Path) -> plyvel.DB:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return plyvel.DB(str(path), create_if_missing=True, **_DB_OPTIONS)
+    except plyvel.CorruptionError as exc:
+        raise _corrupt(path, f"LevelDB reports corruption ({exc})") from None
+    except plyvel.IOError as exc:
+        if "lock" in str(exc).lower():
+            raise StoreError(
+                f"chain store {path} is locked: another process (is a node already running "
+                f"on this home?) has it open. Stop that process first. ({exc})"
+            ) from None
+        raise StoreError(f"chain store {path} cannot be opened: {exc}") from None
+    except (plyvel.Error, OSError) as exc:
+        raise StoreError(f"chain store {path} cannot be opened: {exc}") from None
+
+
+def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> bytes:
+    """Record the genesis hash on first open; refuse a different one later."""
+    stored = db.get(_GENESIS_KEY)
+    fmt = db.get(_FORMAT_KEY)
+    if stored is None:
+        if next(db.iterator(include_value=False), None) is not None:
+            raise _corrupt(path, "the store holds data but no genesis hash")
+        if genesis_hash is None:
+            raise StoreError(f"{path}: empty chain store, and no genesis hash given to create one")
+        with db.write_batch(transaction=True, sync=True) as wb:
+            wb.put(_FORMAT_KEY, _U32.pack(FORMAT))
+            wb.put(_GENESIS_KEY, genesis_hash)
+        return genesis_hash
+    if fmt != _U32.pack(FORMAT):
+        raise StoreError(
+            f"chain store {path} has an unknown format {fmt!r}; this node reads format {FORMAT}"
+        )
+    if len(stored) != HASH_BYTES:
+        raise _corrupt(path, "the stored genesis hash is malformed")
+    if genesis_hash is not None and genesis_hash != stored:
+        raise StoreError(
+            f"chain store {path} belongs to another chain: its genesis hash is {stored.hex()}, "
+            f"the genesis file's is {genesis_hash.hex()}. Point the node at the right home, or "
+            f"run `{RECOVERY_COMMAND}` to drop this data and sync the new chain."
+        )
+    return stored
+
+
+def _meta_entries(meta: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+    entries = []
+    for key, value in meta.items():
+        _check_bytes("meta key", key, META_KEY_BYTES_MAX)
+        if value is not None and not isinstance(value, bytes):
+            raise ValueError("meta value must be bytes or None")
+        entries.append((_META + key, value))
+    return entries
+
+
+def _check_bytes(what: str, key: object, max_len: int) -> None:
+    if not isinstance(key, bytes) or len(key) > max_len:
+        raise ValueError(f"{what} must be bytes of at most {max_len} bytes")
