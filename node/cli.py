@@ -1,29 +1,484 @@
-"""The `redwood` command line."""
+"""The `redwood` command line.
+
+Commands: `init`, `testnet`, `start`, `localnet` (operators), `status` and
+`record put|get|history` (clients of a node's HTTP API). Every failure the user
+can cause (bad arguments, a missing home, a bad config value, an unsafe key
+file, an unreachable node) ends in one line `redwood: error: ...` on stderr and
+a non-zero exit code, never a traceback:
+
+- 0 success, 1 runtime failure (node unreachable or refused), 2 bad input
+  (usage, configuration, files).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from node import __version__
 
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+DEFAULT_NODE_URL = "http://127.0.0.1:7701"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="redwood", description="Redwood: a PBFT consortium blockchain node."
-    )
+log = logging.getLogger("redwood.cli")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so `main` owns the exit code."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
+
+
+# -- argument types ----------------------------------------------------------------------
+
+
+def port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {port}")
+    return port
+
+
+def count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def rate_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100000], got {text}")
+    return value
+
+
+def url_arg(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text) > 2048:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="redwood", description="Redwood: a PBFT consortium blockchain node.")
     parser.add_argument("--version", action="version", version=f"redwood {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_init(sub)
+    _add_testnet(sub)
+    _add_start(sub)
+    _add_localnet(sub)
+    _add_status(sub)
+    _add_record(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_init(sub: Any) -> None:
+    p = sub.add_parser(
+        "init",
+        help="create a node home",
+        description="Create a node home: config/node_key (0600), config/node.toml with every "
+        "option documented, config/genesis.json for a one-node chain with this node as its "
+        "validator (replace it with your chain's genesis to join one), config/client_key "
+        "(the key of that chain's one agency) and data/.",
+    )
+    p.add_argument("--home", required=True, type=Path, help="node home directory")
+    p.add_argument("--chain-id", default="redwood-local", help="chain id of the one-node genesis")
+    p.add_argument("--moniker", help="node name (default: the home directory's name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing home")
+    p.set_defaults(run=cmd_init)
+
+
+def _add_testnet(sub: Any) -> None:
+    p = sub.add_parser(
+        "testnet",
+        help="create the node homes of a local testnet",
+        description="Create DIR/node0..node{N+M-1} (validators, then observers) sharing one "
+        "genesis, one agency per validator with its client key in DIR/clients/agencyI.key. "
+        "Node i listens on BASE+10i (p2p), BASE+10i+1 (API), BASE+10i+2 (metrics).",
+    )
+    p.add_argument("--validators", required=True, type=count_arg, metavar="N")
+    p.add_argument("--observers", default=0, type=count_arg, metavar="M")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P")
+    p.add_argument("--chain-id", default="redwood-local", metavar="ID")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR")
+    p.set_defaults(run=cmd_testnet)
+
+
+def _add_start(sub: Any) -> None:
+    p = sub.add_parser(
+        "start",
+        help="run a node in the foreground",
+        description="Run the node of HOME in the foreground until SIGINT/SIGTERM. Options come "
+        "from HOME/config/node.toml; each can be overridden by the environment variable "
+        "REDWOOD_<SECTION>_<KEY>, e.g. REDWOOD_API_LISTEN=0.0.0.0:7701 or REDWOOD_LOG_FORMAT=json.",
+    )
+    p.add_argument("--home", required=True, type=Path)
+    p.set_defaults(run=cmd_start)
+
+
+def _add_localnet(sub: Any) -> None:
+    p = sub.add_parser(
+        "localnet",
+        help="run a local chain, one process per node, with a live view",
+        description="Create (or reuse) a testnet in DIR, run each node as its own process "
+        "(logs in DIR/nodeI/node.log), wait until all are ready and show a live view. "
+        "Ctrl-C stops every node.",
+    )
+    p.add_argument("--validators", default=4, type=count_arg, metavar="N")
+    p.add_argument("--observers", default=0, type=count_arg, metavar="M")
+    p.add_argument("--dir", default=Path("localnet"), type=Path)
+    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P")
+    p.add_argument("--chain-id", default="redwood-local", metavar="ID")
+    p.add_argument("--load", type=rate_arg, metavar="TXS_PER_S", help="submit a demo workload")
+    p.add_argument("--ready-timeout", default=60.0, type=rate_arg, metavar="SECONDS")
+    p.set_defaults(run=cmd_localnet)
+
+
+def _node_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", default=DEFAULT_NODE_URL, type=url_arg, metavar="URL")
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser("status", help="print a node's status (JSON)")
+    _node_option(p)
+    p.set_defaults(run=cmd_status)
+
+
+def _add_record(sub: Any) -> None:
+    p = sub.add_parser("record", help="put, get or list records")
+    rec = p.add_subparsers(dest="record_command", metavar="ACTION", parser_class=Parser)
+    rec.required = True
+    put = rec.add_parser("put", help="publish a record (signed with a client key)")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    put.add_argument("--key", dest="key_file", required=True, type=Path, metavar="CLIENT_KEY_FILE")
+    put.add_argument("--agency", help="agency namespace (default: the key's agency)")
+    put.add_argument("--genesis", type=Path, help="genesis file to find the key's agency in")
+    put.add_argument("--wait", action="store_true", help="wait until committed")
+    _node_option(put)
+    put.set_defaults(run=cmd_record_put)
+    for action, run, what in (
+        ("get", cmd_record_get, "a record's current value"),
+        ("history", cmd_record_history, "a record's versions, newest first"),
+    ):
+        q = rec.add_parser(action, help=what)
+        q.add_argument("agency", metavar="AGENCY")
+        q.add_argument("key", metavar="KEY")
+        _node_option(q)
+        q.set_defaults(run=run)
+
+
+# -- operator commands ---------------------------------------------------------------------
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    return str(value)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from consensus.crypto import SigningKey
+    from node.testnet import HomeError, _write_json, init_home, make_genesis, validate_chain_id
+    from storage.keyfile import KeyFileError, write_key
+
+    home: Path = args.home
+    try:
+        validate_chain_id(args.chain_id)
+        key = init_home(home, moniker=args.moniker, force=args.force)
+        client = SigningKey.generate()
+        write_key(home / "config" / "client_key", client, overwrite=args.force)
+        genesis = make_genesis(
+            args.chain_id,
+            [(args.moniker or home.name or "node0", key.public, client.public, 7700)],
+            int(time.time() * 1000),
+        )
+        _write_json(home / "config" / "genesis.json", genesis)
+    except (HomeError, KeyFileError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"initialised node home {home}")
+    print(f"node id: {key.public.hex()}")
+    print(f"client key of agency0: {home / 'config' / 'client_key'}")
+    print(f"start it with: redwood start --home {home}")
+    return EXIT_OK
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    from node.testnet import HomeError, check_testnet_args, generate_testnet
+    from storage.keyfile import KeyFileError
+
+    try:
+        for warning in check_testnet_args(args.validators, args.observers, args.base_port):
+            print(f"redwood: warning: {warning}", file=sys.stderr)
+        testnet = generate_testnet(
+            args.out,
+            args.validators,
+            args.observers,
+            base_port=args.base_port,
+            chain_id=args.chain_id,
+            force=args.force,
+        )
+    except (HomeError, KeyFileError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"testnet {testnet.chain_id!r} in {testnet.out}:")
+    for node in testnet.nodes:
+        role = "validator" if node.validator else "observer"
+        print(
+            f"  {node.name:<7} {role:<9} id {node.node_id[:16]}...  p2p {node.ports.p2p}  "
+            f"api {node.ports.api}  metrics {node.ports.metrics}"
+        )
+    for agency, path in testnet.client_keys.items():
+        print(f"  client key of {agency}: {path}")
+    print(f"start a node with: redwood start --home {testnet.nodes[0].home}")
+    return EXIT_OK
+
+
+def _load_config(home: Path) -> Any:
+    from node.config import ConfigError, load_config
+
+    try:
+        return load_config(home)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from node.logs import setup_logging
+    from storage.keyfile import KeyFileError, read_key
+
+    cfg = _load_config(args.home)
+    try:
+        read_key(cfg.key_path)
+    except KeyFileError as exc:
+        raise CliError(f"[node] key_file: {exc}") from None
+    if not cfg.genesis_path.is_file():
+        raise CliError(f"[node] genesis_file: {cfg.genesis_path}: not found")
+    setup_logging(cfg.log.format, cfg.log.level, sys.stderr)
+    from node.service import run
+
+    return int(run(cfg))
+
+
+def cmd_localnet(args: argparse.Namespace) -> int:
+    from node.localnet import Localnet, LocalnetError, prepare_testnet
+    from node.testnet import HomeError, check_testnet_args
+    from storage.keyfile import KeyFileError
+
+    try:
+        for warning in check_testnet_args(args.validators, args.observers, args.base_port):
+            print(f"redwood: warning: {warning}", file=sys.stderr)
+        testnet, reused = prepare_testnet(
+            args.dir, args.validators, args.observers, args.base_port, args.chain_id
+        )
+        net = Localnet(testnet)
+        net.check_ports()
+    except (HomeError, LocalnetError, KeyFileError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"{'reusing' if reused else 'created'} testnet in {testnet.out}", flush=True)
+    return _run_localnet(net, args)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_localnet(net: Any, args: argparse.Namespace) -> int:
+    from node.localnet import REFRESH_S, LiveView, LocalnetError
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    load = None
+    code = EXIT_OK
+    try:
+        net.start()
+        print(f"waiting for {len(net.processes)} nodes to be ready...", flush=True)
+        net.wait_ready(args.ready_timeout)
+        if args.load:
+            load = _start_load(net, args.load)
+        view = LiveView(sys.stdout, title=f"redwood localnet {net.testnet.chain_id}")
+        while True:
+            view.show(net.sample(), time.time())
+            if not net.any_alive():
+                print(
+                    "redwood: error: every node has exited; see DIR/nodeI/node.log", file=sys.stderr
+                )
+                code = EXIT_FAILURE
+                break
+            time.sleep(REFRESH_S)
+    except KeyboardInterrupt:
+        pass
+    except LocalnetError as exc:
+        print(f"redwood: error: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan nodes
+        try:
+            if load is not None:
+                load.stop()
+            print("\nstopping nodes...", flush=True)
+            net.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    if load is not None:
+        print(f"load: {load.submitted} submitted, {load.failed} failed")
+    return code
+
+
+def _start_load(net: Any, rate: float) -> Any:
+    from node.localnet import LoadGenerator
+    from storage.keyfile import read_key
+
+    keys = {agency: read_key(path) for agency, path in net.testnet.client_keys.items()}
+    urls = [node.api_url for node in net.testnet.nodes]
+    load = LoadGenerator(keys, urls, rate)
+    load.start()
+    return load
+
+
+# -- client commands ---------------------------------------------------------------------
+
+
+def _client_call(url: str, call: Callable[[Any], Any]) -> Any:
+    """Run `call(client)`; turn transport and API errors into one-line CliErrors."""
+    import httpx
+
+    from node.client import Client, ClientError
+
+    client = Client(url)
+    try:
+        return call(client)
+    except httpx.TransportError:
+        raise CliError(f"cannot reach node at {url}", EXIT_FAILURE) from None
+    except ClientError as exc:
+        text = str(exc)
+        if "connect" in text.lower() or "unreachable" in text.lower():
+            raise CliError(f"cannot reach node at {url} ({text})", EXIT_FAILURE) from None
+        raise CliError(text, EXIT_FAILURE) from None
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _print_json(_client_call(args.node, lambda c: c.status()))
+    return EXIT_OK
+
+
+def _agency_of_key(public: bytes, genesis_path: Path | None, url: str) -> str:
+    """The agency whose members include `public`, from a genesis file or the node."""
+    if genesis_path is not None:
+        try:
+            doc = json.loads(genesis_path.read_text(encoding="utf-8"))
+            agencies = doc["agencies"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CliError(f"--genesis {genesis_path}: unreadable ({exc})") from None
+    else:
+        agencies = _client_call(url, _fetch_agencies)
+    found = [
+        a.get("id")
+        for a in agencies
+        if isinstance(a, dict) and public.hex() in a.get("members", ())
+    ]
+    if len(found) != 1:
+        raise CliError(
+            f"the key {public.hex()[:16]}... is a member of {len(found)} agencies; pass --agency"
+        )
+    return str(found[0])
+
+
+def _fetch_agencies(client: Any) -> list[dict[str, Any]]:
+    for name in ("agencies", "genesis"):
+        method = getattr(client, name, None)
+        if method is not None:
+            result = method()
+            return result["agencies"] if isinstance(result, dict) else list(result)
+    raise CliError("cannot find the key's agency from the node; pass --agency or --genesis")
+
+
+def cmd_record_put(args: argparse.Namespace) -> int:
+    from storage.keyfile import KeyFileError, read_key
+
+    try:
+        key = read_key(args.key_file)
+    except KeyFileError as exc:
+        raise CliError(f"--key: {exc}") from None
+    agency = args.agency or _agency_of_key(key.public, args.genesis, args.node)
+    result = _client_call(
+        args.node,
+        lambda c: c.put(key, agency, args.key.encode(), args.value.encode(), wait=args.wait),
+    )
+    _print_json(result)
+    return EXIT_OK
+
+
+def cmd_record_get(args: argparse.Namespace) -> int:
+    _print_json(_client_call(args.node, lambda c: c.get_record(args.agency, args.key)))
+    return EXIT_OK
+
+
+def cmd_record_history(args: argparse.Namespace) -> int:
+    _print_json(_client_call(args.node, lambda c: c.history(args.agency, args.key)))
+    return EXIT_OK
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return 0
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args.run(args))
+    except CliError as exc:
+        print(f"redwood: error: {exc}", file=sys.stderr)
+        return exc.code
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
 
 
 if __name__ == "__main__":
