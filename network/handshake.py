@@ -100,6 +100,8 @@ class Ephemeral:
 
 def shared_secret(secret: bytes, peer_public: bytes) -> bytes:
     """X25519; a low-order peer key (all-zero result) is refused, never used."""
+    if len(peer_public) != X25519_BYTES:
+        raise HandshakeError("bad_hello", "X25519 public keys are 32 bytes")
     try:
         shared = nacl.bindings.crypto_scalarmult(secret, peer_public)
     except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError) as exc:
