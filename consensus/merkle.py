@@ -82,18 +82,29 @@ def prove_leaf_hashes(level: Sequence[bytes], index: int) -> InclusionProof:
     return InclusionProof(index=index, size=size, path=tuple(path))
 
 
-def verify_inclusion(item: bytes, proof: InclusionProof, expected_root: bytes) -> bool:
+def verify_inclusion(
+    item: bytes, proof: InclusionProof, expected_root: bytes, *, expected_size: int | None = None
+) -> bool:
     """True only when `proof` shows `item` at `proof.index` under `expected_root`.
 
     RFC 9162 §2.1.3.2; every malformed proof (index out of range, path too
     short or too long, wrong sibling) yields False.
+
+    The root does not commit to the tree size, and trees of different sizes
+    can share the shape along one leaf's path (leaf 0 of 3 and of 4 leaves).
+    Pass `expected_size` (a block's `tx_count`) to pin the size, as RFC 9162
+    does with its signed tree head; without it `proof.size` is taken on trust.
     """
-    return verify_leaf_hash(leaf_hash(item), proof, expected_root)
+    return verify_leaf_hash(leaf_hash(item), proof, expected_root, expected_size=expected_size)
 
 
-def verify_leaf_hash(leaf: bytes, proof: InclusionProof, expected_root: bytes) -> bool:
+def verify_leaf_hash(
+    leaf: bytes, proof: InclusionProof, expected_root: bytes, *, expected_size: int | None = None
+) -> bool:
     """`verify_inclusion` for an already-hashed leaf."""
     if not isinstance(proof, InclusionProof) or not _well_formed(proof):
+        return False
+    if expected_size is not None and proof.size != expected_size:
         return False
     if type(leaf) is not bytes or len(leaf) != 32:
         return False
