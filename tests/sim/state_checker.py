@@ -1,0 +1,194 @@
+"""The simulator's judge: safety invariants checked on every send and every commit.
+
+Modelled on TigerBeetle's `state_checker.zig`: every correct replica's
+committed history is compared with one agreed history as it grows, so a
+violation is caught at the event that causes it, not at the end of the run.
+
+Invariants (a `Violation` names which one broke):
+
+- `agreement`: no two correct replicas commit different blocks at one height;
+- `certificate`: every block a correct replica commits carries a commit
+  certificate of at least q distinct validators of its epoch, each signature
+  verified, for exactly that (height, digest);
+- `chain`: committed blocks come in height order, each linked to the previous
+  one by `parent_hash` (what `ChainStore.commit_block` would refuse);
+- `state_claim`: a committed non-null block claims the agreed state root after
+  `state_height`;
+- `checkpoint`: correct replicas sign the same state root for one height;
+- `equivocation`: no correct replica signs two votes with the same (kind, view,
+  height) and different digests -- watched on every message it emits,
+  across crashes and restarts.
+
+Liveness is the cluster's job (it knows when faults heal); see `cluster.py`.
+Byzantine and twin replicas are "faulty": their commits and votes are not
+judged, their signatures still count toward certificates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from consensus.crypto import ZERO_HASH, Domain, Verifier
+from consensus.types import (
+    CertifiedBlock,
+    Checkpoint,
+    Commit,
+    NewView,
+    Prepare,
+    PrePrepare,
+    VoteKind,
+    signed_payload,
+)
+
+MAX_CERTIFICATE_CACHE = 100_000
+
+
+class Violation(AssertionError):
+    """A broken invariant. `kind` is the invariant's name; `str()` says what, where and when."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class StateChecker:
+    """Judges one cluster; `now_ms` is updated by the cluster before each event."""
+
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        validators: tuple[bytes, ...],
+        quorum: int,
+        epoch: int,
+        verifier: Verifier,
+        genesis_hash: bytes,
+        genesis_root: bytes,
+    ) -> None:
+        self.chain_id = chain_id
+        self.validators = frozenset(validators)
+        self.quorum = quorum
+        self.epoch = epoch
+        self.verifier = verifier
+        self.genesis_hash = genesis_hash
+        self.now_ms = 0
+        self.agreed: dict[int, tuple[bytes, str]] = {}  # height -> (block hash, first committer)
+        self.agreed_roots: dict[int, bytes] = {0: genesis_root}
+        self._votes: dict[tuple[bytes, int, int, int], bytes] = {}
+        self._checkpoints: dict[int, tuple[bytes, str]] = {}
+        self._good_certs: set[tuple[Any, ...]] = set()
+        self.stats: Counter[str] = Counter()
+
+    def fail(self, kind: str, detail: str) -> None:
+        raise Violation(kind, f"at t={self.now_ms} ms: {detail}")
+
+    # -- what correct replicas send ---------------------------------------------
+
+    def on_send(self, sender: str, sender_id: bytes, message: object) -> None:
+        """A correct replica emitted `message` (before any network fault touches it)."""
+        if isinstance(message, PrePrepare | Prepare | Commit):
+            self._vote(sender, sender_id, message)
+        elif isinstance(message, NewView):
+            for pp in message.pre_prepares:
+                self._vote(sender, sender_id, pp)
+        elif isinstance(message, Checkpoint) and message.replica == sender_id:
+            self._checkpoint(sender, message)
+
+    def _vote(self, sender: str, sender_id: bytes, vote: PrePrepare | Prepare | Commit) -> None:
+        if vote.replica != sender_id:
+            return  # a vote it forwards, not one it signed
+        kind = _KIND[type(vote)]
+        key = (sender_id, kind, vote.view, vote.height)
+        digest = vote.digest
+        seen = self._votes.setdefault(key, digest)
+        self.stats["votes"] += 1
+        if seen != digest:
+            self.fail(
+                "equivocation",
+                f"correct replica {sender} signed {VoteKind(kind).name} view={vote.view} "
+                f"height={vote.height} for {seen.hex()[:12]} and {digest.hex()[:12]}",
+            )
+
+    def _checkpoint(self, sender: str, cp: Checkpoint) -> None:
+        first = self._checkpoints.setdefault(cp.height, (cp.state_root, sender))
+        if first[0] != cp.state_root:
+            self.fail(
+                "checkpoint",
+                f"{sender} checkpoints height {cp.height} with root {cp.state_root.hex()[:12]}, "
+                f"{first[1]} with {first[0].hex()[:12]}",
+            )
+
+    # -- what replicas commit ------------------------------------------------------
+
+    def check_link(self, node: str, head_height: int, head_hash: bytes, cb: CertifiedBlock) -> None:
+        """The block extends the node's chain (checked for every replica, faulty ones too)."""
+        header = cb.block.header
+        if header.height != head_height + 1:
+            self.fail("chain", f"{node} committed height {header.height} on head {head_height}")
+        if header.parent_hash != head_hash:
+            self.fail(
+                "chain", f"{node} committed height {header.height} whose parent is not its head"
+            )
+
+    def on_commit(self, node: str, cb: CertifiedBlock, state_root: bytes) -> None:
+        """A correct replica committed `cb` and its state root after it is `state_root`."""
+        block = cb.block
+        height = block.header.height
+        digest = block.hash()
+        self._check_certificate(node, cb, digest)
+        agreed = self.agreed.setdefault(height, (digest, node))
+        if agreed[0] != digest:
+            self.fail(
+                "agreement",
+                f"height {height}: {node} committed {digest.hex()[:12]}, "
+                f"{agreed[1]} committed {agreed[0].hex()[:12]}",
+            )
+        root = self.agreed_roots.setdefault(height, state_root)
+        assert root == state_root, "equal chains give equal toy states"
+        self._check_state_claim(node, cb)
+        self.stats["commits"] += 1
+
+    def _check_state_claim(self, node: str, cb: CertifiedBlock) -> None:
+        header = cb.block.header
+        if header.is_null or header.state_root == ZERO_HASH:
+            return
+        agreed = self.agreed_roots.get(header.state_height)
+        if agreed is not None and agreed != header.state_root:
+            self.fail(
+                "state_claim",
+                f"{node} committed height {header.height} claiming root "
+                f"{header.state_root.hex()[:12]} after {header.state_height}, agreed root is "
+                f"{agreed.hex()[:12]}",
+            )
+
+    def _check_certificate(self, node: str, cb: CertifiedBlock, digest: bytes) -> None:
+        cert = cb.certificate
+        key = (cert.view, cert.height, cert.digest, cert.epoch, cert.signatures)
+        if key in self._good_certs and cert.digest == digest:
+            return
+        where = f"{node} height {cb.block.header.height}"
+        if cert.height != cb.block.header.height or cert.digest != digest:
+            self.fail("certificate", f"{where}: certificate is for another block")
+        if cert.epoch != self.epoch:
+            self.fail("certificate", f"{where}: certificate names epoch {cert.epoch}")
+        signers = [s.replica for s in cert.signatures]
+        if len(set(signers)) != len(signers):
+            self.fail("certificate", f"{where}: a validator signs twice")
+        if not set(signers) <= self.validators:
+            self.fail("certificate", f"{where}: a signer is not a validator")
+        if len(signers) < self.quorum:
+            self.fail("certificate", f"{where}: {len(signers)} signatures < quorum {self.quorum}")
+        for sig in cert.signatures:
+            vote = Commit(cert.view, cert.height, cert.digest, sig.replica, sig.signature)
+            ok = self.verifier.verify(
+                sig.replica, sig.signature, Domain.COMMIT, self.chain_id, signed_payload(vote)
+            )
+            if not ok:
+                self.fail("certificate", f"{where}: bad signature by {sig.replica.hex()[:12]}")
+        if len(self._good_certs) < MAX_CERTIFICATE_CACHE:
+            self._good_certs.add(key)
+
+
+_KIND = {PrePrepare: VoteKind.PRE_PREPARE, Prepare: VoteKind.PREPARE, Commit: VoteKind.COMMIT}
