@@ -358,6 +358,14 @@ class Network:
             if peer_id not in self._allowlist:
                 link.close("not_allowed")
 
+    def disconnect(self, peer: bytes, reason: str = "requested") -> bool:
+        """Close the link to `peer` (a configured peer is re-dialed). False if not connected."""
+        link = self._links.get(peer)
+        if link is None:
+            return False
+        link.close(reason)
+        return True
+
     def connected(self) -> list[PeerInfo]:
         return [
             PeerInfo(
