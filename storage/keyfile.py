@@ -55,6 +55,8 @@ def read_key(path: str | os.PathLike[str]) -> SigningKey:
         st = path.stat()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file ({type(exc).__name__})") from None
     if not stat.S_ISREG(st.st_mode):
         raise KeyFileError(f"{path}: not a regular file")
     if st.st_mode & 0o077:
@@ -65,19 +67,47 @@ def read_key(path: str | os.PathLike[str]) -> SigningKey:
     if st.st_size > MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"{path}: too large to be a key file")
     try:
-        doc = json.loads(path.read_text())
-        if doc.get("type") != "ed25519":
-            raise ValueError("type is not ed25519")
-        seed = bytes.fromhex(doc["seed"])
-        if len(seed) != SEED_BYTES:
-            raise ValueError("seed has the wrong length")
-        key = SigningKey(seed)
-        if "public" in doc and bytes.fromhex(doc["public"]) != key.public:
-            raise ValueError("public key does not match the seed")
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        # the exception text never contains the seed: it names the problem only
-        raise KeyFileError(f"{path}: not a valid Redwood key file ({type(exc).__name__})") from None
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"{path}: too large to be a key file")
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read key file ({type(exc).__name__})") from None
+    try:
+        return _parse_key(text)
+    except ValueError as exc:
+        # every message raised by _parse_key names the problem, never the secret
+        raise KeyFileError(f"{path}: not a valid Redwood key file: {exc}") from None
+
+
+def _parse_key(text: str) -> SigningKey:
+    """The key in a key file's text. ValueError messages never contain key material."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("type") != "ed25519":
+        raise ValueError('"type" is not "ed25519"')
+    seed = _hex_field(doc, "seed")
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f'"seed" is {len(seed)} bytes, expected {SEED_BYTES}')
+    key = SigningKey(seed)
+    if "public" in doc and _hex_field(doc, "public") != key.public:
+        raise ValueError('"public" does not match the seed')
     return key
+
+
+def _hex_field(doc: dict[str, object], name: str) -> bytes:
+    value = doc.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f'"{name}" is missing or not a string')
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f'"{name}" is not hex') from None
 
 
 def read_public(path: str | os.PathLike[str]) -> bytes:
