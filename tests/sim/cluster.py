@@ -182,6 +182,8 @@ class Cluster:
     def __init__(self, options: SimOptions, replica_factory: Factory | None = None) -> None:
         self.options = options
         self.seed = options.seed
+        self.chain_id = CHAIN_ID
+        self.epoch = 0
         seed = options.seed
         self.rng = random.Random(f"cluster/{seed}")
         self.genesis_hash = sha256(b"redwood-sim/genesis/%d" % seed)
@@ -194,7 +196,7 @@ class Cluster:
             chain_id=CHAIN_ID,
             validators=self.validators,
             quorum=self.quorum,
-            epoch=0,
+            epoch=self.epoch,
             verifier=self.verifier,
             genesis_hash=self.genesis_hash,
             genesis_root=GENESIS_STATE_ROOT,
