@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.sim.packet_simulator import NetworkOptions
 pytest.importorskip("consensus.replica", reason="the replica has not landed yet")
 
 BOUND_MS = 60_000
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _cluster(seed: int = 1, n: int = 4, **kw: object) -> Cluster:
@@ -167,6 +172,28 @@ def test_same_seed_gives_the_same_trace_with_the_real_replica() -> None:
     first = run(7)
     assert first == run(7)
     assert first[0] != run(8)[0]
+
+
+def test_a_seed_replays_identically_in_another_process_with_another_hash_seed() -> None:
+    """The replay command runs in a fresh process, where PYTHONHASHSEED (set and
+    frozenset order of bytes) differs: the run must not depend on it."""
+    code = (
+        "import dataclasses\n"
+        "from tests.sim.cluster import Cluster, SimOptions\n"
+        "o = dataclasses.replace(SimOptions.from_seed(11, n=4), trace=True)\n"
+        "c = Cluster(o)\n"
+        "c.run_for(4_000)\n"
+        "print(c.result().trace_digest)\n"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=120, check=True,
+        )  # fmt: skip
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, f"traces differ between processes: {digests}"
 
 
 def test_the_checker_reports_disagreement_with_f_plus_1_twins() -> None:
