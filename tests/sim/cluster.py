@@ -142,6 +142,7 @@ def _random_options(seed: int, *, n: int | None, faulty_max: int | None) -> SimO
         pipeline_depth=rng.randint(1, 4),
         checkpoint_interval=rng.choice((4, 8, 16, 64)),
         view_change_timeout_ticks=rng.randint(5, 20),
+        oversized=rng.random() < 0.1,
     )
 
 
@@ -333,7 +334,7 @@ class Cluster:
             if isinstance(a, int):
                 t.update(b":%d" % a)
             elif isinstance(a, bytes | bytearray):
-                t.update(sha256(a))
+                t.update(b"%d" % len(a) + sha256(a[:4096]))
             elif self.options.trace:
                 t.update(sha256(codec.encode(a)))
             else:

@@ -46,6 +46,7 @@ class CrashPoint(enum.Enum):
 
     BEFORE_PERSIST = "before_persist"  # the Ready's journal writes are lost (never synced)
     AFTER_PERSIST = "after_persist"  # synced, nothing sent
+    DURING_SEND = "during_send"  # some of the messages sent
     AFTER_SEND = "after_send"  # sent, no block applied
     DURING_APPLY = "during_apply"  # some of the committed blocks applied
     BEFORE_ADVANCE = "before_advance"  # all applied, not acknowledged
@@ -92,7 +93,7 @@ class SimNode:
         self.replica: Any = None
         self.mempool: dict[bytes, None] = {}
         self.crash_armed: CrashPoint | None = None
-        self.apply_crash_after = 0
+        self.crash_after = 0  # messages sent / blocks applied before a DURING_* crash
         self.restarts = 0
         self.stats: Counter[str] = Counter()
 
@@ -131,7 +132,7 @@ class SimNode:
     def arm_crash(self, point: CrashPoint) -> None:
         """Crash at `point` of the next Ready this node processes."""
         self.crash_armed = point
-        self.apply_crash_after = self.rng.randrange(4)
+        self.crash_after = self.rng.randrange(4)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -227,12 +228,17 @@ class SimNode:
                 self.journal[key] = value
         if self._crash_at(CrashPoint.AFTER_PERSIST):
             return
-        for out in ready.messages:
+        for i, out in enumerate(ready.messages):
+            if self.crash_armed is CrashPoint.DURING_SEND and i == self.crash_after:
+                self.crash()
+                return
             self.cluster.send(self, out.to, out.message)
+        if self.crash_armed is CrashPoint.DURING_SEND:
+            self.crash_armed = CrashPoint.AFTER_SEND
         if self._crash_at(CrashPoint.AFTER_SEND):
             return
         for i, cb in enumerate(ready.committed):
-            if self.crash_armed is CrashPoint.DURING_APPLY and i == self.apply_crash_after:
+            if self.crash_armed is CrashPoint.DURING_APPLY and i == self.crash_after:
                 self.crash()
                 return
             self._apply(cb)
