@@ -357,7 +357,7 @@ def _run_localnet(net: Any, args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
     if load is not None:
-        print(f"load: {load.submitted} submitted, {load.failed} failed")
+        print(f"load: {load.submitted} accepted, {load.rejected} rejected, {load.failed} failed")
     return code
 
 
@@ -387,10 +387,9 @@ def _client_call(url: str, call: Callable[[Any], Any]) -> Any:
     except httpx.TransportError:
         raise CliError(f"cannot reach node at {url}", EXIT_FAILURE) from None
     except ClientError as exc:
-        text = str(exc)
-        if "connect" in text.lower() or "unreachable" in text.lower():
-            raise CliError(f"cannot reach node at {url} ({text})", EXIT_FAILURE) from None
-        raise CliError(text, EXIT_FAILURE) from None
+        if getattr(exc, "code", None) == "unreachable":
+            raise CliError(f"cannot reach node at {url}", EXIT_FAILURE) from None
+        raise CliError(f"the node answered: {exc}", EXIT_FAILURE) from None
     finally:
         close = getattr(client, "close", None)
         if close is not None:
@@ -412,25 +411,26 @@ def _agency_of_key(public: bytes, genesis_path: Path | None, url: str) -> str:
             raise CliError(f"--genesis {genesis_path}: unreadable ({exc})") from None
     else:
         agencies = _client_call(url, _fetch_agencies)
-    found = [
-        a.get("id")
+    found = {
+        str(a.get("id"))
         for a in agencies
-        if isinstance(a, dict) and public.hex() in a.get("members", ())
-    ]
+        if isinstance(a, dict) and public.hex() in (a.get("members") or ())
+    }
     if len(found) != 1:
         raise CliError(
-            f"the key {public.hex()[:16]}... is a member of {len(found)} agencies; pass --agency"
+            f"the key {public.hex()[:16]}... is a member of {len(found)} agencies known "
+            "here; pass --agency (or --genesis FILE)"
         )
-    return str(found[0])
+    return found.pop()
 
 
 def _fetch_agencies(client: Any) -> list[dict[str, Any]]:
-    for name in ("agencies", "genesis"):
-        method = getattr(client, name, None)
-        if method is not None:
-            result = method()
-            return result["agencies"] if isinstance(result, dict) else list(result)
-    raise CliError("cannot find the key's agency from the node; pass --agency or --genesis")
+    """Agencies with their members as the node's /validators lists them (where it does)."""
+    agencies = []
+    for entry in client.validators():
+        if isinstance(entry, dict) and "members" in entry:
+            agencies.append({"id": entry.get("agency"), "members": entry["members"]})
+    return agencies
 
 
 def cmd_record_put(args: argparse.Namespace) -> int:

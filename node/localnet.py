@@ -43,6 +43,7 @@ STATUS_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 5
 LOAD_BATCHES_PER_S = 10
 LOAD_BATCH_TXS_MAX = 1000
+LOAD_VALID_FOR_BLOCKS = 1000
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -239,7 +240,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def _default_client(url: str) -> Any:
     from node.client import Client
 
-    return Client(url)
+    return Client(url, timeout=STATUS_TIMEOUT_S)
 
 
 class Localnet:
@@ -394,8 +395,9 @@ class LoadGenerator:
     """Submit `rate_per_s` demo puts from the agencies' client keys, in batches.
 
     Runs in a background thread (`start()`/`stop()`); every 1/LOAD_BATCHES_PER_S
-    seconds it submits the transactions that are due, round-robin over agencies
-    and nodes. Failures are counted, never raised.
+    seconds it builds the transactions that are due (round-robin over the
+    agencies, valid for LOAD_VALID_FOR_BLOCKS from the node's height) and sends
+    them as one /txs/batch to the next node. Failures are counted, never raised.
     """
 
     def __init__(
@@ -406,16 +408,18 @@ class LoadGenerator:
         *,
         client_factory: Callable[[str], Any] = _default_client,
     ) -> None:
-        if rate_per_s <= 0:
-            raise ValueError("rate must be positive")
+        if rate_per_s <= 0 or not keys or not urls:
+            raise ValueError("a load needs a positive rate, keys and nodes")
         self.keys = list(keys.items())
         self.clients = [client_factory(url) for url in urls]
         self.rate_per_s = rate_per_s
         self.submitted = 0
+        self.rejected = 0
         self.failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self._counter = 0
+        self._batches = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -438,19 +442,36 @@ class LoadGenerator:
                 owed -= count
                 self.submit_batch(count)
 
-    def submit_batch(self, count: int) -> None:
-        """Submit `count` puts (round-robin agencies, one node per batch)."""
-        client = self.clients[self._counter % len(self.clients)]
+    def build_batch(self, count: int, chain_id: str, height: int) -> list[bytes]:
+        from node import txs
+
+        batch = []
         for _ in range(count):
             agency, key = self.keys[self._counter % len(self.keys)]
             self._counter += 1
-            record_key = f"demo/{self._counter % 1000}".encode()
-            value = f"value {self._counter} at {time.time():.3f}".encode()
-            try:
-                client.put(key, agency, record_key, value, wait=False)
-                self.submitted += 1
-            except Exception:
-                self.failed += 1
+            record_key = f"demo/{self._counter % 1000}"
+            value = f"value {self._counter} at {time.time():.3f}"
+            batch.append(
+                txs.build(
+                    key, chain_id, "put", agency, record_key, value, height + LOAD_VALID_FOR_BLOCKS
+                )
+            )
+        return batch
+
+    def submit_batch(self, count: int) -> None:
+        """Build and submit `count` puts to the next node in turn."""
+        client = self.clients[self._batches % len(self.clients)]
+        self._batches += 1
+        try:
+            status = client.status()
+            batch = self.build_batch(count, str(status["chain_id"]), int(status["height"]))
+            results = client.submit_batch(batch)
+        except Exception:  # node down or busy: counted, the view shows the rest
+            self.failed += count
+            return
+        accepted = sum(1 for r in results if isinstance(r, dict) and r.get("accepted"))
+        self.submitted += accepted
+        self.rejected += len(batch) - accepted
 
 
 def prepare_testnet(

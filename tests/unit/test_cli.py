@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from consensus.crypto import SigningKey
 from node import __version__
 from node.cli import _run_localnet, main
 from node.localnet import (
+    LOAD_VALID_FOR_BLOCKS,
     LiveView,
     LoadGenerator,
     Localnet,
@@ -293,6 +295,12 @@ class FakeClient:
     def history(self, agency: str, key: str) -> Any:
         return self._call("history", agency, key)
 
+    def validators(self) -> Any:
+        self._call("validators")
+        return FakeClient.validator_list
+
+    validator_list: ClassVar[list[dict[str, Any]]] = []
+
 
 @pytest.fixture
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
@@ -318,6 +326,25 @@ def test_record_put_with_agency_from_genesis(
     assert code == 0, err
     assert json.loads(out) == {"tx_hash": "00" * 32, "height": 3}
     assert fake_client.calls == [("put", ("agency1", b"licence/42", b"granted", True))]
+
+
+def test_record_put_finds_the_agency_from_the_nodes_validators(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_client: type[FakeClient]
+) -> None:
+    testnet = generate_testnet(tmp_path / "n", 2, base_port=22000)
+    member = read_key(testnet.client_keys["agency1"]).public.hex()
+    fake_client.validator_list = [
+        {"node_id": "00", "agency": "agency0", "members": ["11" * 32]},
+        {"node_id": "01", "agency": "agency1", "members": [member]},
+    ]
+    key_file = str(testnet.client_keys["agency1"])
+    code, _, err = run_cli(capsys, "record", "put", "k", "v", "--key", key_file)
+    assert code == 0, err
+    assert fake_client.calls[-1] == ("put", ("agency1", b"k", b"v", False))
+    fake_client.validator_list = [{"node_id": "00", "agency": "agency0"}]  # no members listed
+    code, _, err = run_cli(capsys, "record", "put", "k", "v", "--key", key_file)
+    assert code == 2
+    assert_one_line_error(err, "pass --agency")
 
 
 def test_record_put_errors(
@@ -633,24 +660,36 @@ def test_localnet_command_refuses_busy_ports(
     assert_one_line_error(err, f"port {port}", "in use")
 
 
-def test_load_generator_round_robins_agencies(tmp_path: Path) -> None:
-    submitted: list[tuple[str, str]] = []
+def test_load_generator_builds_signed_batches_round_robin(tmp_path: Path) -> None:
+    from consensus import codec
+    from consensus.types import Transaction
 
-    class Sink:
+    batches: list[tuple[str, list[bytes]]] = []
+
+    class Node:
         def __init__(self, url: str) -> None:
             self.url = url
 
-        def put(self, key: Any, agency: str, record_key: bytes, value: bytes, wait: bool) -> None:
-            assert wait is False
-            if agency == "bad":
-                raise RuntimeError("refused")
-            submitted.append((self.url, agency))
+        def status(self) -> dict[str, Any]:
+            if self.url == "down":
+                raise httpx.ConnectError("refused")
+            return {"chain_id": "c", "height": 10}
 
-    load = LoadGenerator(
-        {"a": object(), "b": object(), "bad": object()}, ["u0", "u1"], 10, client_factory=Sink
-    )
-    load.submit_batch(6)
-    assert [agency for _, agency in submitted] == ["a", "b", "a", "b"]
-    assert (load.submitted, load.failed) == (4, 2)
+        def submit_batch(self, txs: list[bytes]) -> list[dict[str, Any]]:
+            batches.append((self.url, txs))
+            return [{"accepted": i != 0} for i in range(len(txs))]
+
+    keys = {"a": SigningKey.generate(), "b": SigningKey.generate()}
+    load = LoadGenerator(keys, ["u0", "down", "u1"], 10, client_factory=Node)
+    load.submit_batch(3)
+    load.submit_batch(2)  # the node is down: counted as failed
+    load.submit_batch(2)
+    assert [url for url, _ in batches] == ["u0", "u1"]
+    decoded = [codec.decode(tx) for _, txs in batches for tx in txs]
+    assert all(isinstance(tx, Transaction) and tx.op == "put" for tx in decoded)
+    assert [tx.agency for tx in decoded] == ["a", "b", "a", "b", "a"]
+    assert [tx.sender for tx in decoded[:2]] == [keys["a"].public, keys["b"].public]
+    assert all(tx.valid_until == 10 + LOAD_VALID_FOR_BLOCKS for tx in decoded)
+    assert (load.submitted, load.rejected, load.failed) == (3, 2, 2)
     with pytest.raises(ValueError):
-        LoadGenerator({}, ["u"], 0)
+        LoadGenerator(keys, ["u"], 0)
