@@ -326,7 +326,7 @@ class Network:
             self._drop(name, "too_large", None)
             return False
         link = self._links.get(peer)
-        if link is None:
+        if link is None or link.close_reason is not None:
             self._drop(name, "not_connected", None)
             return False
         if not link.enqueue(channel, payload):
@@ -379,7 +379,9 @@ class Network:
                 msgs_out=link.peer_stats.msgs_out,
             )
             for link in self._links.values()
+            if link.close_reason is None
         ]
 
     def is_connected(self, peer: bytes) -> bool:
-        return peer in self._links
+        link = self._links.get(peer)
+        return link is not None and link.close_reason is None
