@@ -100,6 +100,8 @@ class NodeView(Protocol):
     def evidence(self) -> list[dict[str, Any]]: ...
     def subscribe_blocks(self) -> trio.MemoryReceiveChannel[CertifiedBlock]: ...
 
+    # Optional (extension): `genesis`, a node.genesis.Genesis served at GET /genesis.
+
 
 class ApiError(Exception):
     """A request the API refuses: becomes `{"error": code, "message": message, **extra}`."""
@@ -544,6 +546,12 @@ class _Api:
         channel = self.view.subscribe_blocks()
         return _EventStream(_block_events(channel), channel)
 
+    async def genesis(self, request: Request) -> Response:
+        genesis = getattr(self.view, "genesis", None)
+        if genesis is None:
+            raise ApiError(404, "not_found", "this node does not serve its genesis document")
+        return JSONResponse(jsonable(genesis.to_dict()))
+
     async def openapi(self, request: Request) -> Response:
         from node.openapi import spec
 
@@ -603,6 +611,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/validators", "validators"),
     ("GET", "/peers", "peers"),
     ("GET", "/evidence", "evidence"),
+    ("GET", "/genesis", "genesis"),
     ("GET", "/openapi.json", "openapi"),
 )
 

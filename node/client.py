@@ -254,6 +254,10 @@ class Client:
     def evidence(self) -> list[dict[str, Any]]:
         return self._get("/evidence")["evidence"]  # type: ignore[no-any-return]
 
+    def genesis(self) -> dict[str, Any]:
+        """The chain's genesis document (its "agencies" list names each agency's members)."""
+        return self._get("/genesis")  # type: ignore[no-any-return]
+
 
 class AsyncClient:
     """The same calls as `Client` for async code: `await AsyncClient(url).status()`."""
@@ -374,3 +378,6 @@ class AsyncClient:
 
     async def evidence(self) -> list[dict[str, Any]]:
         return (await self._get("/evidence"))["evidence"]  # type: ignore[no-any-return]
+
+    async def genesis(self) -> dict[str, Any]:
+        return await self._get("/genesis")  # type: ignore[no-any-return]

@@ -381,6 +381,12 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/genesis": {
+        "get": {
+            "summary": "The chain's genesis document (agencies, validators, parameters)",
+            "responses": {"200": _json({"type": "object"}, "genesis.json"), "404": _E404},
+        }
+    },
     "/openapi.json": {
         "get": {
             "summary": "This document",

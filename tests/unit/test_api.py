@@ -658,6 +658,20 @@ async def test_validators_peers_evidence(client: httpx.AsyncClient) -> None:
     assert evidence[0]["replica"] == NODE_KEY.public.hex()
 
 
+class StubGenesis:
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain_id": CHAIN_ID, "agencies": [{"id": "agency0", "members": [ALICE.public]}]}
+
+
+async def test_genesis_document_when_the_view_has_one(
+    client: httpx.AsyncClient, view: FakeView
+) -> None:
+    assert_error(await client.get("/genesis"), 404, "not_found")
+    view.genesis = StubGenesis()  # type: ignore[attr-defined]
+    doc = (await client.get("/genesis")).json()
+    assert doc["agencies"][0]["members"] == [ALICE.public.hex()]
+
+
 async def test_unknown_routes_and_methods_are_json_errors(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/nope"), 404, "not_found")
     assert_error(await client.get("/blocks"), 404, "not_found")
