@@ -216,20 +216,29 @@ def _json_default(value: Any) -> Any:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from consensus.crypto import SigningKey
-    from node.testnet import HomeError, _write_json, init_home, make_genesis, validate_chain_id
+    from node.testnet import (
+        HomeError,
+        _write_json,
+        check_genesis,
+        init_home,
+        make_genesis,
+        validate_chain_id,
+    )
     from storage.keyfile import KeyFileError, write_key
 
     home: Path = args.home
     try:
         validate_chain_id(args.chain_id)
-        key = init_home(home, moniker=args.moniker, force=args.force)
         client = SigningKey.generate()
-        write_key(home / "config" / "client_key", client, overwrite=args.force)
+        # the genesis is checked before anything is written, so bad input leaves no half home
+        name = args.moniker or home.resolve().name or "node0"
         genesis = make_genesis(
-            args.chain_id,
-            [(args.moniker or home.name or "node0", key.public, client.public, 7700)],
-            int(time.time() * 1000),
+            args.chain_id, [(name, client.public, client.public, 7700)], int(time.time() * 1000)
         )
+        check_genesis(genesis)
+        key = init_home(home, moniker=args.moniker, force=args.force)
+        genesis["validators"][0]["node_id"] = key.public.hex()
+        write_key(home / "config" / "client_key", client, overwrite=args.force)
         _write_json(home / "config" / "genesis.json", genesis)
     except (HomeError, KeyFileError, OSError) as exc:
         raise CliError(str(exc)) from None
@@ -293,7 +302,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     setup_logging(cfg.log.format, cfg.log.level, sys.stderr)
     from node.service import run
 
-    return int(run(cfg))
+    try:
+        return int(run(cfg))
+    except _startup_errors() as exc:  # a bad genesis, a corrupt store, a port in use
+        raise CliError(str(exc), EXIT_FAILURE) from None
+
+
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the node's own input files and environment: reported in one line."""
+    from node.config import ConfigError
+    from node.genesis import GenesisError
+    from storage.keyfile import KeyFileError
+    from storage.store import StoreError
+
+    return (ConfigError, KeyFileError, GenesisError, StoreError, OSError)
 
 
 def cmd_localnet(args: argparse.Namespace) -> int:

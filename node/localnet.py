@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,10 +126,13 @@ def render_table(samples: Sequence[NodeSample], now_s: float, title: str = "") -
 class LiveView:
     """Writes samples to `out`: redrawn table on a terminal, plain lines otherwise."""
 
-    def __init__(self, out: TextIO, title: str = "", tty: bool | None = None) -> None:
+    def __init__(
+        self, out: TextIO, title: str = "", tty: bool | None = None, width: int | None = None
+    ) -> None:
         self.out = out
         self.title = title
         self.tty = out.isatty() if tty is None else tty
+        self.width = width  # None: the terminal's width at each redraw
         self._drawn = 0
 
     def show(self, samples: Sequence[NodeSample], now_s: float) -> None:
@@ -137,7 +141,9 @@ class LiveView:
                 self.out.write(line + "\n")
             self.out.flush()
             return
-        lines = render_table(samples, now_s, self.title)
+        # a wrapped line would break the cursor arithmetic: cut lines to the width
+        width = self.width or shutil.get_terminal_size((120, 24)).columns
+        lines = [line[: max(20, width - 1)] for line in render_table(samples, now_s, self.title)]
         parts = []
         if self._drawn:
             parts.append(f"\x1b[{self._drawn}F")  # cursor to the start of the old table

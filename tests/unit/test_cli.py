@@ -260,6 +260,28 @@ def test_start_errors(
     assert fake_service == []  # never started on bad input
 
 
+def test_start_reports_service_startup_errors_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    restore_logging: None,
+) -> None:
+    from node.genesis import GenesisError
+
+    module = types.ModuleType("node.service")
+
+    def run(config: Any) -> int:
+        raise GenesisError("genesis.validators[0].node_id: expected 64 hex characters")
+
+    module.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "node.service", module)
+    home = tmp_path / "h"
+    assert run_cli(capsys, "init", "--home", str(home))[0] == 0
+    code, _, err = run_cli(capsys, "start", "--home", str(home))
+    assert code == 1
+    assert_one_line_error(err, "genesis.validators[0].node_id")
+
+
 # -- client commands -----------------------------------------------------------------------
 
 
@@ -451,7 +473,7 @@ def test_table_aligns_columns_and_lists_notes() -> None:
 
 def test_live_view_redraws_in_place_on_a_terminal(tmp_path: Path) -> None:
     with open(tmp_path / "out", "w+") as out:
-        view = LiveView(out, tty=True)
+        view = LiveView(out, tty=True, width=200)
         view.show(SAMPLES, 0.0)
         first = len(render_table(SAMPLES, 0.0))
         view.show(SAMPLES[:1], 1.0)
@@ -459,6 +481,14 @@ def test_live_view_redraws_in_place_on_a_terminal(tmp_path: Path) -> None:
         text = out.read()
     assert text.count(f"\x1b[{first}F") == 1  # back to the top of the first table
     assert text.endswith("\x1b[J")  # the shorter table erases the old tail
+
+
+def test_live_view_cuts_lines_to_the_terminal_width(tmp_path: Path) -> None:
+    with open(tmp_path / "out", "w+") as out:
+        LiveView(out, tty=True, width=40).show(SAMPLES, 0.0)
+        out.seek(0)
+        lines = out.read().replace("\x1b[2K", "").splitlines()
+    assert lines and max(len(line) for line in lines) <= 39
 
 
 def test_live_view_plain_when_not_a_terminal(tmp_path: Path) -> None:
