@@ -369,7 +369,9 @@ def _run_localnet(net: Any, args: argparse.Namespace) -> int:
         print(f"redwood: error: {exc}", file=sys.stderr)
         code = EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan nodes
+        # a second Ctrl-C or SIGTERM must not interrupt the stop and orphan nodes
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             if load is not None:
                 load.stop()
