@@ -9,8 +9,9 @@ Theory of operation
 -------------------
 - Every error is JSON `{"error": code, "message": text}` with a fitting
   status (400 malformed input, 404 unknown thing or route, 405 wrong method,
-  409 duplicate transaction, 413 body too large, 415 wrong content type,
-  429 mempool full, 503 not ready, 504 commit wait timed out). Bad input of
+  408 body sent too slowly, 409 duplicate transaction, 413 body too large,
+  415 wrong content type, 429 mempool full, 503 not ready, 504 commit wait
+  timed out). Bad input of
   any kind gets one of these; it never reaches the view half-parsed.
 - Request bodies are read as a stream and reading stops as soon as the
   body's size passes the route's limit (a declared Content-Length above it is
@@ -71,6 +72,7 @@ HEIGHT_MAX = 2**64 - 1
 U64_MAX = 2**64 - 1
 HASH_HEX_CHARS = 64
 SSE_KEEPALIVE_S = 15.0
+BODY_READ_S_MAX = 30.0  # a client trickling its body holds a connection no longer
 SERVER_GRACEFUL_S = 2.0
 KEEP_ALIVE_S = 75.0
 
@@ -314,11 +316,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    with trio.move_on_after(BODY_READ_S_MAX) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise ApiError(408, "body_timeout", f"the body took more than {BODY_READ_S_MAX:g} s")
     if size == 0:
         raise ApiError(400, "empty_body", "the request body is empty")
     return b"".join(chunks)
@@ -689,7 +694,7 @@ async def serve_api(
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
         bound = sockets.insecure_sockets[0].getsockname()[1]
-        app = wrap_app(build_app(view, max_body_bytes=max_body_bytes), 0, "asgi")
+        app = wrap_app(build_app(view, max_body_bytes=max_body_bytes), 0, "asgi")  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(worker_serve, app, config, sockets=sockets))
             log.info("API listening on %s:%d", host, bound)

@@ -131,6 +131,7 @@ SCHEMAS: dict[str, Any] = {
 
 _E400 = _error("malformed input (bad hex, bad height, wrong JSON types, empty body...)")
 _E404 = _error("not found")
+_E408 = _error("body_timeout: the body was sent too slowly")
 _E413 = _error("body (or batch) too large")
 _E415 = _error("unsupported Content-Type")
 _HEIGHT = {
@@ -224,6 +225,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "200": _json(_ref("Location"), "committed (with ?wait=commit)"),
                 "400": _error("rejected: `error` is the rejection code, or the input is malformed"),
+                "408": _E408,
                 "409": _error("duplicate: already committed or already in the mempool"),
                 "413": _E413,
                 "415": _E415,
@@ -267,6 +269,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "one result per transaction, in order",
                 ),
                 "400": _E400,
+                "408": _E408,
                 "413": _E413,
                 "415": _E415,
             },

@@ -398,6 +398,22 @@ async def test_huge_bodies_are_refused_while_streaming(client: httpx.AsyncClient
     assert "content-length" not in r.request.headers
 
 
+async def test_a_trickling_body_times_out_with_408(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "BODY_READ_S_MAX", 0.05)
+    never = trio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"["
+        await never.wait()  # the rest never comes
+        yield b"]"
+
+    with trio.fail_after(WAIT_S):
+        r = await client.post("/txs", content=trickle())
+    assert_error(r, 408, "body_timeout")
+
+
 async def test_random_bodies_never_crash(client: httpx.AsyncClient, view: FakeView) -> None:
     """Seeded fuzz: random bytes, JSON and msgpack to both submit routes get a 4xx, never a 500."""
     rng = random.Random(7)
