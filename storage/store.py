@@ -50,9 +50,11 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import plyvel
 
@@ -175,6 +177,31 @@ def _tx_offsets(cb: CertifiedBlock, record: bytes) -> list[int]:
     return offsets
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _leveldb_errors(
+    method: Callable[Concatenate[ChainStore, P], R],
+) -> Callable[Concatenate[ChainStore, P], R]:
+    """Turn LevelDB's corruption and I/O errors inside `method` into a clear StoreError."""
+
+    @wraps(method)
+    def wrapper(self: ChainStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except plyvel.CorruptionError as exc:
+            raise self._corrupt(f"LevelDB reports corruption ({exc})") from None
+        except plyvel.IOError as exc:
+            raise StoreError(
+                f"chain store {self.path}: I/O error ({exc}); the node must stop. Check the disk "
+                f"(space, permissions, health) and restart; if the store is then reported corrupt, "
+                f"run `{RECOVERY_COMMAND}`."
+            ) from None
+
+    return wrapper
+
+
 class ChainStore:
     """Blocks with certificates, versioned state, meta and the journal in one LevelDB."""
 
@@ -227,6 +254,7 @@ class ChainStore:
     def _corrupt(self, what: str) -> StoreError:
         return _corrupt(self.path, what)
 
+    @_leveldb_errors
     def _load_head(self) -> None:
         raw = self._db.get(_HEAD_KEY)
         if raw is None:
@@ -272,11 +300,20 @@ class ChainStore:
             raise self._corrupt("block 1 does not link to the genesis hash")
 
     def _check_tx_index(self, head: CertifiedBlock) -> None:
+        """Every tx of the head block is indexed, here or (a replayed copy) in an earlier block."""
         height = head.block.height
+        record = self._db.get(_block_key(height))
+        get, unpack = self._db.get, _TXLOC.unpack
         for index, tx in enumerate(head.block.txs):
-            loc = self.get_tx(tx_hash(tx))
-            if loc is None or loc.height > height or (loc.height == height and loc.index > index):
+            raw = get(_TX + tx_hash(tx))
+            if raw is None or len(raw) != _TXLOC.size:
                 raise self._corrupt(f"tx index entry of block {height} tx {index} is missing")
+            at_height, at_index, _, offset, length = unpack(raw)
+            here = at_height == height and at_index <= index
+            if not (at_height < height or here):
+                raise self._corrupt(f"tx index entry of block {height} tx {index} is wrong")
+            if at_height == height and record[offset : offset + length] != head.block.txs[at_index]:
+                raise self._corrupt(f"tx index entry of block {height} tx {index} is wrong")
 
     # -- blocks ----------------------------------------------------------------
 
@@ -287,15 +324,18 @@ class ChainStore:
         """Hash of the head block (the genesis hash when there is none). Extension."""
         return self._head_hash
 
+    @_leveldb_errors
     def head(self) -> CertifiedBlock | None:
         return self.get_block(self._head_height) if self._head_height else None
 
+    @_leveldb_errors
     def get_block(self, height: int) -> CertifiedBlock | None:
         if not 0 < height < 2**64:
             return None
         raw = self._db.get(_block_key(height))
         return None if raw is None else self._decode_block(height, raw)
 
+    @_leveldb_errors
     def get_block_by_hash(self, block_hash: bytes) -> CertifiedBlock | None:
         raw = self._db.get(_HASH + bytes(block_hash))
         if raw is None:
@@ -304,6 +344,7 @@ class ChainStore:
             raise self._corrupt("a hash index entry is malformed")
         return self.get_block(_U64.unpack(raw)[0])
 
+    @_leveldb_errors
     def get_blocks(self, first: int, last: int, max_bytes: int) -> list[CertifiedBlock]:
         """Blocks first..last in order, stopping before `max_bytes` of records are exceeded.
 
@@ -339,6 +380,7 @@ class ChainStore:
 
     # -- transactions ----------------------------------------------------------
 
+    @_leveldb_errors
     def get_tx(self, tx_hash_: bytes) -> TxLocation | None:
         raw = self._db.get(_TX + bytes(tx_hash_))
         if raw is None:
@@ -352,11 +394,13 @@ class ChainStore:
             raise self._corrupt(f"tx index points into block {height}, which does not hold the tx")
         return TxLocation(height, index, tx, status)
 
+    @_leveldb_errors
     def has_tx(self, tx_hash_: bytes) -> bool:
         return self._db.get(_TX + bytes(tx_hash_)) is not None
 
     # -- state -----------------------------------------------------------------
 
+    @_leveldb_errors
     def get_record(self, key: bytes) -> RecordVersion | None:
         raw = self._db.get(_STATE + bytes(key))
         if raw is None:
@@ -369,6 +413,7 @@ class ChainStore:
         value = raw[_CURRENT.size :] if present else None
         return RecordVersion(bytes(key), value, version, height, tx_index)
 
+    @_leveldb_errors
     def record_history(
         self, key: bytes, limit: int = 100, before_version: int | None = None
     ) -> list[RecordVersion]:
@@ -402,10 +447,12 @@ class ChainStore:
 
     # -- meta and journal --------------------------------------------------------
 
+    @_leveldb_errors
     def get_meta(self, key: bytes) -> bytes | None:
         value: bytes | None = self._db.get(_META + bytes(key))
         return value
 
+    @_leveldb_errors
     def journal_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Persist journal records (None deletes) atomically, synced before returning."""
         for key, value in records:
@@ -419,6 +466,7 @@ class ChainStore:
                 else:
                     wb.put(_JOURNAL + key, value)
 
+    @_leveldb_errors
     def journal_items(self) -> dict[bytes, bytes]:
         n = len(_JOURNAL)
         with self._db.iterator(prefix=_JOURNAL) as it:
@@ -426,6 +474,7 @@ class ChainStore:
 
     # -- committing a block ------------------------------------------------------
 
+    @_leveldb_errors
     def commit_block(
         self,
         cb: CertifiedBlock,

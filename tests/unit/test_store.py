@@ -466,3 +466,50 @@ def test_commit_of_a_large_block_is_fast(store: ChainStore) -> None:
         times_ms.append((time.perf_counter() - start) * 1000)
     print(f"commit_block ms: median {statistics.median(times_ms):.1f} max {max(times_ms):.1f}")
     assert statistics.median(times_ms) < 50
+
+
+class _FailingDB:
+    """Stands in for plyvel.DB: every read and write fails the way LevelDB reports it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.closed = False
+
+    def _fail(self, *args: object, **kwargs: object) -> None:
+        raise self.error
+
+    get = iterator = write_batch = _fail
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (plyvel.CorruptionError, RECOVERY),
+        (plyvel.IOError, "I/O error"),
+    ],
+)
+def test_leveldb_errors_at_run_time_become_store_errors(
+    store: ChainStore, error: type[Exception], expected: str
+) -> None:
+    real = store._db
+    store._db = _FailingDB(error("LevelDB says no"))  # type: ignore[assignment]
+    try:
+        for call in (
+            lambda: store.get_block(1),
+            lambda: store.get_tx(bytes(32)),
+            lambda: store.has_tx(bytes(32)),
+            lambda: store.get_record(b"k"),
+            lambda: store.record_history(b"k"),
+            lambda: store.get_meta(b"k"),
+            lambda: store.journal_items(),
+            lambda: store.journal_write([(b"k", b"v")]),
+            lambda: store.commit_block(make_block(1, GENESIS_HASH), []),
+        ):
+            with pytest.raises(StoreError, match=expected):
+                call()
+    finally:
+        store._db = real
+    assert store.head_height() == 0
