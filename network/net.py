@@ -287,7 +287,11 @@ class Network:
             if channel == _SYNC and not link.limits.sync.try_take(1, trio.current_time()):
                 self._drop(name, "rate_limited", peer_id)
                 continue
-            await self._inbound_send.send(Inbound(peer_id, CHANNEL_BY_VALUE[channel], payload))
+            item = Inbound(peer_id, CHANNEL_BY_VALUE[channel], payload)
+            try:
+                self._inbound_send.send_nowait(item)  # no scheduler round trip per message
+            except trio.WouldBlock:
+                await self._inbound_send.send(item)  # full: this peer's reader waits
 
     def _on_gossip(self, link: Link, channel: int, payload: bytes) -> None:
         name = CHANNEL_NAMES[channel]
