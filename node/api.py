@@ -79,7 +79,7 @@ KEEP_ALIVE_S = 75.0
 JSON_TYPES = ("application/json", "text/json")
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 
-REJECTION_STATUS = {"duplicate": 409, "mempool_full": 429}
+REJECTION_STATUS = {"duplicate": 409, "mempool_full": 429, "not_ready": 503}
 """HTTP status of a rejected transaction by rejection code; any other code is 400."""
 
 RECORD_PREFIX = b"rec/"
@@ -658,7 +658,7 @@ def build_app(view: NodeView, *, max_body_bytes: int = BODY_BYTES_MAX) -> Starle
         # let the last route take any tail; the handler parses the raw path.
         route_path = path.replace("{key}", "{key:path}") if path.endswith("{key}") else path
         routes.append(Route(route_path, getattr(api, name), methods=[method]))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             ApiError: _api_error,
@@ -666,6 +666,8 @@ def build_app(view: NodeView, *, max_body_bytes: int = BODY_BYTES_MAX) -> Starle
             Exception: _internal_error,
         },
     )
+    app.router.redirect_slashes = False  # "/status/" is an unknown route, not a redirect
+    return app
 
 
 async def serve_api(

@@ -691,6 +691,8 @@ async def test_genesis_document_when_the_view_has_one(
 async def test_unknown_routes_and_methods_are_json_errors(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/nope"), 404, "not_found")
     assert_error(await client.get("/blocks"), 404, "not_found")
+    assert_error(await client.get("/status/"), 404, "not_found")
+    assert_error(await client.get("/blocks/%2F1"), 404, "not_found")
     r = await client.get("/txs")
     assert_error(r, 405, "method_not_allowed")
     assert "POST" in r.headers["allow"]
