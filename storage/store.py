@@ -36,7 +36,13 @@ other key's entries can fall into.
 Reads never take a lock (LevelDB reads are thread-safe and each iterator reads
 a snapshot). Writers (`commit_block`, `journal_write`) are serialized by a
 lock: the node calls them from one worker thread at a time, and the lock makes
-a mistake there harmless rather than corrupting.
+a mistake there harmless rather than corrupting. `close()` must not race with
+reads still running in other threads (plyvel frees the database under them):
+stop the readers first.
+
+LevelDB's own corruption and I/O errors, and records that do not decode, are
+raised as `StoreError` from every public method, so the node has one error
+type to stop on.
 
 `ChainStore.open` checks the head before anyone uses the store: the head
 pointer's block exists and decodes, its certificate names that block, the hash
@@ -161,7 +167,7 @@ def _tx_offsets(cb: CertifiedBlock, record: bytes) -> list[int]:
     txs = cb.block.txs
     start = 5 + len(codec.encode_body(cb.block.header))  # 3 envelope + 2 array bytes
     offset = start + _msgpack_header_bytes(len(txs), 16)
-    offsets = []
+    offsets: list[int] = []
     append = offsets.append
     for tx in txs:
         n = len(tx)
@@ -199,7 +205,7 @@ def _leveldb_errors(
                 f"run `{RECOVERY_COMMAND}`."
             ) from None
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]  # functools' _Wrapped is callable alike
 
 
 class ChainStore:
@@ -235,6 +241,9 @@ class ChainStore:
         try:
             store = cls(db, path, _check_genesis(db, path, genesis_hash))
             store._load_head()
+        except plyvel.Error as exc:
+            db.close()
+            raise _corrupt(path, f"LevelDB reports an error reading the head ({exc})") from None
         except BaseException:
             db.close()
             raise
@@ -653,6 +662,7 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
         )
     if len(stored) != HASH_BYTES:
         raise _corrupt(path, "the stored genesis hash is malformed")
+    stored = bytes(stored)
     if genesis_hash is not None and genesis_hash != stored:
         raise StoreError(
             f"chain store {path} belongs to another chain: its genesis hash is {stored.hex()}, "
