@@ -23,10 +23,11 @@ Theory of operation
   that is the fast path the benchmark uses: the only per-transaction work
   here is moving bytes.
 - Rejection codes from the application map to statuses by `REJECTION_STATUS`
-  (`duplicate` -> 409, `mempool_full` -> 429, every other code -> 400); the
-  body also carries `tx_hash` when it is known. `POST /txs?wait=commit` on a
-  duplicate still waits for the commit, so a client that retries after a
-  lost answer gets the transaction's location instead of an error.
+  (`duplicate` -> 409, `mempool_full` -> 429, `not_ready` -> 503, any other
+  code -> 400); the body also carries `tx_hash` when it is known.
+  `POST /txs?wait=commit` on a duplicate still waits for the commit, so a
+  client that retries after a lost answer gets the transaction's location
+  instead of an error.
 - `GET /blocks/stream` is server-sent events: one `event: block` with the
   block header's JSON per committed block, a comment line every
   `SSE_KEEPALIVE_S` so dead clients are noticed, and the view's subscription
