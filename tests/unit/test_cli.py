@@ -723,3 +723,53 @@ def test_load_generator_builds_signed_batches_round_robin(tmp_path: Path) -> Non
     assert (load.submitted, load.rejected, load.failed) == (3, 2, 2)
     with pytest.raises(ValueError):
         LoadGenerator(keys, ["u"], 0)
+
+
+HTTP_NODE = """
+import http.server, json, sys
+state = {"height": 0}
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/ready":
+            body = {"ready": True}
+        elif self.path == "/status":
+            state["height"] += 1
+            body = {"chain_id": "c", "height": state["height"], "view": 0, "peers": [{}],
+                    "txs_committed": 100 * state["height"], "mempool_size": 2}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_localnet_with_the_real_client_against_stand_in_http_nodes(tmp_path: Path) -> None:
+    from node.localnet import port_in_use
+
+    base = next(
+        p
+        for p in range(free_port() // 10 * 10, 65000, 10)
+        if not any(port_in_use(p + i) for i in range(12))
+    )
+    testnet = generate_testnet(tmp_path / "net", 2, 0, base_port=base)
+    net = Localnet(
+        testnet, command=lambda node: [sys.executable, "-c", HTTP_NODE, str(node.ports.api)]
+    )
+    try:
+        net.start()
+        net.wait_ready(timeout_s=20)
+        first = net.sample(now_s=10.0)
+        second = net.sample(now_s=11.0)
+    finally:
+        net.stop()
+    assert [(s.height, s.peers, s.mempool, s.txs_per_s) for s in first] == [(1, 1, 2, None)] * 2
+    assert [(s.height, s.txs_per_s) for s in second] == [(2, 100.0)] * 2
