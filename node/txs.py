@@ -27,7 +27,7 @@ import secrets
 from typing import Any
 
 from consensus import codec
-from consensus.codec import U64_MAX, DecodeError
+from consensus.codec import U64_MAX, DecodeError, EncodeError
 from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
 from consensus.types import (
     MAX_AGENCY_CHARS,
@@ -160,7 +160,12 @@ def _transaction(**fields: Any) -> Transaction:
         raise TxError(f"key: {len(fields['key'])} bytes exceeds {MAX_RECORD_KEY_BYTES}")
     if len(fields["value"]) > MAX_TX_VALUE_BYTES:
         raise TxError(f"value: {len(fields['value'])} bytes exceeds {MAX_TX_VALUE_BYTES}")
-    return Transaction(**fields)
+    tx = Transaction(**fields)
+    try:
+        codec.to_raw(tx)  # anything else the wire format refuses
+    except EncodeError as exc:
+        raise TxError(str(exc)) from None
+    return tx
 
 
 def _replace_signature(tx: Transaction, signature: bytes) -> Transaction:

@@ -1,0 +1,450 @@
+"""The records registry: Redwood's built-in application.
+
+Agencies publish records under their own namespace; every change is kept as
+history by the store. A record's state key is
+`b"rec/" + agency.encode() + b"\\x00" + key` (`record_state_key`).
+
+Two entry points, one set of rules
+----------------------------------
+`check(tx_bytes, height)` runs at mempool entry, against the next height
+(`height` is the committed head): every stateless rule, "never committed
+before", and the Ed25519 signature. A transaction that passes is remembered in
+a bounded *verified cache* (tx hash -> decoded transaction).
+
+`execute(block)` runs on a committed block, strictly in height order. It is
+deterministic: the same blocks on the same genesis give byte-identical writes,
+receipts, meta and state roots on every node, whatever each node's cache
+holds. For each transaction, in order: duplicates (earlier in this block, or
+already committed) get `duplicate`; then every stateless rule is re-checked
+(decoding is skipped for cached transactions: the cache maps the hash of the
+exact bytes to their decoding, so it cannot differ); signatures of
+transactions not in the cache are checked in one batch (optionally on a
+thread pool, `node.verify_pool`). Rejected transactions stay in the block with
+a non-zero receipt status; they change no state.
+
+Rules (a transaction included at height h)
+------------------------------------------
+decodes canonically (`bad_encoding`); op is "put" or "delete", a delete has an
+empty value (`bad_op`); the agency exists (`unknown_agency`); the sender is a
+member of it (`not_a_member`: no agency writes another's namespace); record
+key 1..256 bytes (`key_too_large`); value at most `record_value_bytes_max`
+(`value_too_large`); h <= valid_until (`expired`) <= h + tx_ttl_blocks_max
+(`ttl_too_long`); hash never committed (`duplicate`); signature by the sender
+over (Domain.TX, chain id, signed_payload) (`bad_signature`).
+
+Replay is impossible: a hash is committed at most once (the store's tx index),
+and only within its validity window, so the tx index never needs pruning for
+correctness.
+
+Receipt status codes (`Code`): 0 applied, 1 bad_encoding, 2 bad_signature,
+3 unknown_agency, 4 not_a_member, 5 bad_op, 6 key_too_large,
+7 value_too_large, 8 expired, 9 ttl_too_long, 10 duplicate, 11 mempool_full
+(API answers only, never in a receipt).
+
+State root
+----------
+For now a hash chain: root(h) = sha256(root(h-1) || sha256(canonical
+encoding of block h's writes)), root(0) = sha256(genesis hash). A later issue
+replaces it with a Merkle structure; only `next_state_root` knows.
+Meta written in the block's commit: `app/state_root` (latest), `app/root/<u64
+BE height>` (every height, kept), `app/tx_count` (u64 BE running total of
+applied transactions).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+from consensus import codec
+from consensus.codec import DecodeError
+from consensus.crypto import Domain, sha256, signing_bytes
+from consensus.types import (
+    MAX_RECORD_KEY_BYTES,
+    MAX_TX_BYTES,
+    MAX_TX_VALUE_BYTES,
+    Block,
+    CertifiedBlock,
+    Transaction,
+    signed_payload,
+)
+from node.genesis import Genesis
+from node.txs import decode_tx
+from node.verify_pool import VerifyItem, verify_serial
+from storage.store import StateWrite, StoreError
+
+OPS = frozenset({"put", "delete"})
+RECORD_PREFIX = b"rec/"
+META_STATE_ROOT = b"app/state_root"
+META_ROOT_PREFIX = b"app/root/"
+META_TX_COUNT = b"app/tx_count"
+VERIFIED_CACHE_TXS_MAX = 100_000
+VERIFIED_CACHE_BYTES_MAX = 128 * 1024 * 1024
+CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
+TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
+
+_U64 = struct.Struct(">Q")
+
+
+class Code(IntEnum):
+    """Receipt status codes; `code_name` gives the API's string."""
+
+    APPLIED = 0
+    BAD_ENCODING = 1
+    BAD_SIGNATURE = 2
+    UNKNOWN_AGENCY = 3
+    NOT_A_MEMBER = 4
+    BAD_OP = 5
+    KEY_TOO_LARGE = 6
+    VALUE_TOO_LARGE = 7
+    EXPIRED = 8
+    TTL_TOO_LONG = 9
+    DUPLICATE = 10
+    MEMPOOL_FULL = 11
+
+
+_DUPLICATE = int(Code.DUPLICATE)  # receipts hold plain ints
+_BAD_SIGNATURE = int(Code.BAD_SIGNATURE)
+
+
+def code_name(status: int) -> str:
+    """`2` -> `"bad_signature"`; unknown numbers -> `"status_<n>"`."""
+    try:
+        return Code(status).name.lower()
+    except ValueError:
+        return f"status_{status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    tx: Transaction
+    tx_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: str  # one of the `Code` names in lower case, e.g. "bad_signature"
+    message: str
+
+    @property
+    def status(self) -> int:
+        return int(Code[self.code.upper()])
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    writes: list[StateWrite]
+    tx_status: list[int]  # one `Code` per transaction of the block, in order
+    meta: dict[bytes, bytes]
+    state_root: bytes
+    height: int = 0
+    tx_hashes: tuple[bytes, ...] = ()  # of the block's transactions, in order
+    applied: int = 0  # transactions with status 0
+
+
+class Store(Protocol):
+    """The part of `storage.store.ChainStore` the application uses."""
+
+    def head_height(self) -> int: ...
+    def has_tx(self, tx_hash: bytes) -> bool: ...
+    def get_meta(self, key: bytes) -> bytes | None: ...
+    def commit_block(
+        self,
+        cb: CertifiedBlock,
+        writes: Sequence[StateWrite],
+        meta: Any = ...,
+        tx_status: Sequence[int] | None = None,
+        *,
+        sync: bool = True,
+    ) -> None: ...
+
+
+VerifyMany = Callable[[Sequence[VerifyItem]], list[bool]]
+
+
+def record_state_key(agency: str, key: bytes) -> bytes:
+    """The state key of record `key` in `agency`'s namespace."""
+    return RECORD_PREFIX + agency.encode("utf-8") + b"\x00" + key
+
+
+def root_meta_key(height: int) -> bytes:
+    return META_ROOT_PREFIX + _U64.pack(height)
+
+
+def genesis_state_root(genesis_hash: bytes) -> bytes:
+    return sha256(genesis_hash)
+
+
+def next_state_root(prev_root: bytes, writes: Sequence[StateWrite]) -> bytes:
+    """The state root after applying `writes` on top of `prev_root` (hash chain, for now)."""
+    encoded = codec.pack([[w.key, w.value, w.tx_index] for w in writes])
+    return sha256(prev_root + sha256(encoded))
+
+
+class Application:
+    """The records registry over a `ChainStore`. See the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        genesis: Genesis,
+        *,
+        verify_many: VerifyMany = verify_serial,
+        verified_cache_txs_max: int = VERIFIED_CACHE_TXS_MAX,
+        verified_cache_bytes_max: int = VERIFIED_CACHE_BYTES_MAX,
+    ) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.genesis_root = genesis_state_root(genesis.hash())
+        self._value_bytes_max = genesis.params.record_value_bytes_max
+        self._ttl_blocks_max = genesis.params.tx_ttl_blocks_max
+        self._verify_many = verify_many
+        self._cache_txs_max = verified_cache_txs_max
+        self._cache_bytes_max = verified_cache_bytes_max
+        self._verified: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._verified_bytes = 0
+        self._lock = threading.Lock()  # check() and execute() may run on different threads
+        self.signatures_checked = 0
+        self.signatures_skipped = 0
+
+    # -- admission ---------------------------------------------------------------
+
+    def check(self, tx_bytes: bytes, height: int) -> Checked | Rejected:
+        """Is `tx_bytes` acceptable for the block after committed height `height`?"""
+        result = self.precheck(tx_bytes, height)
+        if isinstance(result, Rejected):
+            return result
+        if not self._verify_many([self.signature_item(result.tx)])[0]:
+            return Rejected("bad_signature", "signature does not verify for the sender's key")
+        self.signatures_checked += 1
+        self.remember(result)
+        return result
+
+    def precheck(self, tx_bytes: bytes, height: int) -> Checked | Rejected:
+        """Every rule of `check` except the signature (the caller batches those)."""
+        try:
+            tx = decode_tx(tx_bytes)
+        except DecodeError as exc:
+            return Rejected(*_bad_encoding(tx_bytes, exc))
+        problem = self._violation(tx, height + 1)
+        if problem is not None:
+            return Rejected(problem[0].name.lower(), problem[1])
+        h = sha256(tx_bytes)
+        if self.store.has_tx(h):
+            return Rejected("duplicate", "transaction already committed")
+        return Checked(tx, h)
+
+    def signature_item(self, tx: Transaction) -> VerifyItem:
+        """What `verify_pool` checks for this transaction's signature."""
+        message = signing_bytes(Domain.TX, self.chain_id, signed_payload(tx))
+        return (tx.sender, tx.signature, message)
+
+    def verify_signatures(self, items: Sequence[VerifyItem]) -> list[bool]:
+        """Check a batch of `signature_item`s with this application's verifier."""
+        return self._verify_many(items)
+
+    def remember(self, checked: Checked) -> None:
+        """Record that `checked`'s signature verified (bounded; oldest forgotten first)."""
+        size = _cache_size(checked.tx)
+        with self._lock:
+            if checked.tx_hash in self._verified:
+                return
+            self._verified[checked.tx_hash] = checked.tx
+            self._verified_bytes += size
+            while self._verified and (
+                len(self._verified) > self._cache_txs_max
+                or self._verified_bytes > self._cache_bytes_max
+            ):
+                _, old = self._verified.popitem(last=False)
+                self._verified_bytes -= _cache_size(old)
+
+    def forget(self, tx_hashes: Sequence[bytes]) -> None:
+        with self._lock:
+            for h in tx_hashes:
+                old = self._verified.pop(h, None)
+                if old is not None:
+                    self._verified_bytes -= _cache_size(old)
+
+    @property
+    def verified_cache_size(self) -> int:
+        return len(self._verified)
+
+    # -- execution ---------------------------------------------------------------
+
+    def execute(self, block: Block) -> Executed:
+        """Receipts, state writes, meta and state root of `block` on top of the store's head.
+
+        Deterministic; reads the store, writes nothing. `block` must be head + 1.
+        """
+        height = block.header.height
+        head = self.store.head_height()
+        if height != head + 1:
+            raise ValueError(f"cannot execute block {height} on head {head}")
+        prev_root = self._current_root(head)
+        hashes = tuple(sha256(raw) for raw in block.txs)
+        with self._lock:
+            cached = [self._verified.get(h) for h in hashes]
+        status, txs, unverified = self._screen(block.txs, hashes, cached, height)
+        if unverified:
+            self._check_signatures(unverified, txs, status)
+        writes = [
+            StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
+            for i, tx in enumerate(txs)
+            if tx is not None and status[i] == Code.APPLIED
+        ]
+        root = next_state_root(prev_root, writes)
+        applied = status.count(Code.APPLIED)
+        meta = {
+            META_STATE_ROOT: root,
+            root_meta_key(height): root,
+            META_TX_COUNT: _U64.pack(self.tx_count() + applied),
+        }
+        return Executed(writes, status, meta, root, height, hashes, applied)
+
+    def apply(self, cb: CertifiedBlock) -> Executed:
+        """Execute a committed block and commit it with its effects in one synced batch."""
+        executed = self.execute(cb.block)
+        self.store.commit_block(cb, executed.writes, executed.meta, executed.tx_status, sync=True)
+        self.forget(executed.tx_hashes)
+        return executed
+
+    def _screen(
+        self,
+        raws: Sequence[bytes],
+        hashes: Sequence[bytes],
+        cached: Sequence[Transaction | None],
+        height: int,
+    ) -> tuple[list[int], list[Transaction | None], list[int]]:
+        """Every rule but unverified signatures: (status, decoded txs, indexes to verify)."""
+        status = [int(Code.APPLIED)] * len(raws)
+        txs: list[Transaction | None] = [None] * len(raws)
+        unverified: list[int] = []
+        seen: set[bytes] = set()
+        has_tx = self.store.has_tx
+        for i, raw in enumerate(raws):
+            h = hashes[i]
+            if h in seen or has_tx(h):
+                status[i] = _DUPLICATE
+                continue
+            seen.add(h)
+            tx = cached[i]
+            if tx is None:
+                try:
+                    tx = decode_tx(raw)
+                except DecodeError as exc:
+                    status[i] = int(Code[_bad_encoding(raw, exc)[0].upper()])
+                    continue
+                unverified.append(i)
+            problem = self._violation(tx, height)
+            if problem is not None:
+                status[i] = int(problem[0])
+                continue
+            txs[i] = tx
+        self.signatures_skipped += sum(1 for tx in cached if tx is not None)
+        return status, txs, [i for i in unverified if status[i] == Code.APPLIED]
+
+    def _check_signatures(
+        self, indexes: list[int], txs: list[Transaction | None], status: list[int]
+    ) -> None:
+        items = []
+        for i in indexes:
+            tx = txs[i]
+            assert tx is not None
+            items.append(self.signature_item(tx))
+        results = self._verify_many(items)
+        assert len(results) == len(items), "verify_many must answer every item"
+        self.signatures_checked += len(items)
+        for i, ok in zip(indexes, results, strict=True):
+            if not ok:
+                status[i] = _BAD_SIGNATURE
+
+    def _violation(self, tx: Transaction, height: int) -> tuple[Code, str] | None:
+        """The first stateless rule `tx` breaks if included at `height`, or None."""
+        if tx.op not in OPS:
+            return Code.BAD_OP, f"unknown op {tx.op!r} (expected put or delete)"
+        if tx.op == "delete" and tx.value:
+            return Code.BAD_OP, "a delete carries no value"
+        agency = self.genesis.agency(tx.agency)
+        if agency is None:
+            return Code.UNKNOWN_AGENCY, f"no agency {tx.agency!r} in genesis"
+        if self.genesis.agency_of_member(tx.sender) != tx.agency:
+            return Code.NOT_A_MEMBER, f"sender is not a member of agency {tx.agency!r}"
+        if not 1 <= len(tx.key) <= MAX_RECORD_KEY_BYTES:
+            return Code.KEY_TOO_LARGE, f"record key must be 1 to {MAX_RECORD_KEY_BYTES} bytes"
+        if len(tx.value) > self._value_bytes_max:
+            return (
+                Code.VALUE_TOO_LARGE,
+                f"value of {len(tx.value)} bytes exceeds {self._value_bytes_max}",
+            )
+        if tx.valid_until < height:
+            return Code.EXPIRED, f"valid until height {tx.valid_until}, now {height}"
+        if tx.valid_until > height + self._ttl_blocks_max:
+            return (
+                Code.TTL_TOO_LONG,
+                f"valid_until {tx.valid_until} is more than {self._ttl_blocks_max} "
+                f"blocks after {height}",
+            )
+        return None
+
+    # -- state -------------------------------------------------------------------
+
+    def state_root(self) -> bytes:
+        """The state root after the store's head."""
+        return self._current_root(self.store.head_height())
+
+    def state_root_at(self, height: int) -> bytes | None:
+        """The state root after `height` (None if that height is not executed here)."""
+        if height == 0:
+            return self.genesis_root
+        return self.store.get_meta(root_meta_key(height))
+
+    def tx_count(self) -> int:
+        """Applied transactions committed so far."""
+        raw = self.store.get_meta(META_TX_COUNT)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def _current_root(self, head: int) -> bytes:
+        if head == 0:
+            return self.genesis_root
+        root = self.store.get_meta(META_STATE_ROOT)
+        if root is None:
+            raise StoreError(
+                f"store has blocks up to {head} but no application state root; "
+                "it was not written by this application"
+            )
+        return root
+
+
+def _written_value(tx: Transaction) -> bytes | None:
+    return tx.value if tx.op == "put" else None
+
+
+def _cache_size(tx: Transaction) -> int:
+    return len(tx.key) + len(tx.value) + CACHE_ENTRY_OVERHEAD_BYTES
+
+
+def _bad_encoding(tx_bytes: bytes, exc: DecodeError) -> tuple[str, str]:
+    """Name the problem of undecodable bytes, refining the wire limits into app codes.
+
+    The wire format bounds record keys and values, so a too-large key fails to
+    decode at all; a client deserves `key_too_large` rather than `bad_encoding`.
+    """
+    try:
+        raw = codec.unpack(tx_bytes, MAX_TX_BYTES)
+    except DecodeError:
+        return "bad_encoding", str(exc)
+    envelope = [codec.FORMAT_VERSION, TX_MESSAGE_TAG]
+    body = raw[2] if type(raw) is list and len(raw) == 3 and raw[:2] == envelope else None
+    if type(body) is list and len(body) == len(codec.schema(Transaction)):
+        key, value = body[5], body[6]
+        if type(key) is bytes and len(key) > MAX_RECORD_KEY_BYTES:
+            return "key_too_large", f"record key of {len(key)} bytes exceeds {MAX_RECORD_KEY_BYTES}"
+        if type(value) is bytes and len(value) > MAX_TX_VALUE_BYTES:
+            return "value_too_large", f"value of {len(value)} bytes exceeds {MAX_TX_VALUE_BYTES}"
+    return "bad_encoding", str(exc)

@@ -1,0 +1,519 @@
+"""node.app: admission checks (every rejection code), deterministic execution, state roots.
+
+`FakeStore` implements the part of `storage.store.ChainStore` the application
+uses, in memory; the same scenarios also run on the real ChainStore in a tmp
+dir (the `store_kind` fixture).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus import codec
+from consensus.crypto import ZERO_HASH, SigningKey, sha256
+from consensus.types import (
+    Block,
+    BlockHeader,
+    CertifiedBlock,
+    CommitCertificate,
+    Transaction,
+    tx_hash,
+)
+from node.app import (
+    META_STATE_ROOT,
+    META_TX_COUNT,
+    Application,
+    Checked,
+    Code,
+    Rejected,
+    code_name,
+    next_state_root,
+    record_state_key,
+)
+from node.genesis import Genesis
+from node.txs import build
+from node.verify_pool import VerifyPool, verify_serial
+from storage.store import ChainStore, RecordVersion, StateWrite, TxLocation
+
+CHAIN = "redwood-test"
+ALICE = SigningKey(b"\x01" * 32)  # agency0
+BOB = SigningKey(b"\x02" * 32)  # agency1
+MALLORY = SigningKey(b"\x03" * 32)  # nobody
+NODE = SigningKey(b"\x09" * 32)
+TTL = 50
+
+
+def make_genesis(value_max: int = 1024, ttl: int = TTL) -> Genesis:
+    return Genesis.from_dict(
+        {
+            "chain_id": CHAIN,
+            "agencies": [
+                {"id": "agency0", "members": [ALICE.public.hex()]},
+                {"id": "agency1", "members": [BOB.public.hex()]},
+            ],
+            "validators": [{"node_id": NODE.public.hex(), "agency": "agency0"}],
+            "params": {"record_value_bytes_max": value_max, "tx_ttl_blocks_max": ttl},
+        }
+    )
+
+
+class FakeStore:
+    """In-memory stand-in for ChainStore with the same observable behaviour."""
+
+    def __init__(self, genesis_hash: bytes) -> None:
+        self.genesis_hash = genesis_hash
+        self.blocks: list[CertifiedBlock] = []
+        self.txs: dict[bytes, TxLocation] = {}
+        self.state: dict[bytes, list[RecordVersion]] = {}
+        self.meta: dict[bytes, bytes] = {}
+        self.commits = 0
+
+    def head_height(self) -> int:
+        return len(self.blocks)
+
+    def has_tx(self, h: bytes) -> bool:
+        return h in self.txs
+
+    def get_tx(self, h: bytes) -> TxLocation | None:
+        return self.txs.get(h)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self.meta.get(key)
+
+    def get_block(self, height: int) -> CertifiedBlock | None:
+        return self.blocks[height - 1] if 1 <= height <= len(self.blocks) else None
+
+    def get_record(self, key: bytes) -> RecordVersion | None:
+        versions = self.state.get(key)
+        return versions[-1] if versions else None
+
+    def record_history(self, key: bytes, limit: int = 100) -> list[RecordVersion]:
+        return list(reversed(self.state.get(key, [])))[:limit]
+
+    def commit_block(
+        self,
+        cb: CertifiedBlock,
+        writes: Sequence[StateWrite],
+        meta: Mapping[bytes, bytes] = {},
+        tx_status: Sequence[int] | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        height = cb.block.height
+        parent = self.blocks[-1].block.hash() if self.blocks else self.genesis_hash
+        if height != len(self.blocks) + 1 or cb.block.header.parent_hash != parent:
+            raise ValueError("block does not extend the head")
+        statuses = list(tx_status) if tx_status is not None else [0] * len(cb.block.txs)
+        for i, raw in enumerate(cb.block.txs):
+            self.txs.setdefault(tx_hash(raw), TxLocation(height, i, raw, statuses[i]))
+        for w in writes:
+            versions = self.state.setdefault(w.key, [])
+            versions.append(RecordVersion(w.key, w.value, len(versions) + 1, height, w.tx_index))
+        self.meta.update(meta)
+        self.blocks.append(cb)
+        self.commits += 1
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def certify(block: Block) -> CertifiedBlock:
+    cert = CommitCertificate(
+        view=0, height=block.height, digest=block.hash(), epoch=0, signatures=()
+    )
+    return CertifiedBlock(block, cert)
+
+
+def make_block(store: Any, txs: Sequence[bytes]) -> CertifiedBlock:
+    height = store.head_height() + 1
+    prev = store.get_block(height - 1)
+    parent = prev.block.hash() if prev is not None else store.genesis_hash
+    header = BlockHeader(
+        chain_id=CHAIN,
+        height=height,
+        view=0,
+        epoch=0,
+        parent_hash=parent,
+        tx_root=ZERO_HASH,
+        tx_count=len(txs),
+        state_height=0,
+        state_root=ZERO_HASH,
+        proposer=NODE.public,
+        timestamp_ms=height,
+        validator_set_hash=ZERO_HASH,
+    )
+    return certify(Block(header, tuple(txs)))
+
+
+_nonce = iter(range(1, 10**9))
+
+
+def tx(
+    key: SigningKey = ALICE,
+    op: str = "put",
+    agency: str = "agency0",
+    record: bytes | str = "rec",
+    value: bytes | str = "v",
+    valid_until: int = 10,
+    nonce: int | None = None,
+    chain_id: str = CHAIN,
+) -> bytes:
+    n = next(_nonce) if nonce is None else nonce
+    return build(key, chain_id, op, agency, record, value, valid_until, n)
+
+
+def raw_tx(**fields: Any) -> bytes:
+    """A transaction with arbitrary (even over-the-wire-limit) fields, signed by ALICE.
+
+    Built by hand because the codec refuses to encode what it could not decode.
+    """
+    base: dict[str, Any] = {
+        "sender": ALICE.public,
+        "nonce": next(_nonce),
+        "valid_until": 10,
+        "op": "put",
+        "agency": "agency0",
+        "key": b"k",
+        "value": b"v",
+    }
+    base.update(fields)
+    body = list(base.values())
+    signature = ALICE.sign(Transaction.DOMAIN, CHAIN, codec.pack(body))
+    return codec.pack([codec.FORMAT_VERSION, 1, [*body, signature]])
+
+
+@pytest.fixture(params=["fake", "leveldb"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def genesis() -> Genesis:
+    return make_genesis()
+
+
+@pytest.fixture
+def store(store_kind: str, genesis: Genesis, tmp_path: Path) -> Iterator[Any]:
+    if store_kind == "fake":
+        yield FakeStore(genesis.hash())
+        return
+    real = ChainStore.open(tmp_path / "db", genesis_hash=genesis.hash())
+    try:
+        yield real
+    finally:
+        real.close()
+
+
+@pytest.fixture
+def app(store: Any, genesis: Genesis) -> Application:
+    return Application(store, genesis)
+
+
+# -- admission -----------------------------------------------------------------
+
+
+def test_check_accepts_a_good_put_and_remembers_it(app: Application) -> None:
+    raw = tx()
+    result = app.check(raw, 0)
+    assert isinstance(result, Checked) and result.tx_hash == sha256(raw)
+    assert result.tx.key == b"rec" and app.verified_cache_size == 1
+
+
+def _rejection(app: Application, raw: bytes, height: int = 0) -> str:
+    result = app.check(raw, height)
+    assert isinstance(result, Rejected), result
+    assert result.message
+    return result.code
+
+
+def test_bad_encoding(app: Application) -> None:
+    assert _rejection(app, b"\x00garbage") == "bad_encoding"
+    assert _rejection(app, tx()[:-3]) == "bad_encoding"
+    assert _rejection(app, b"") == "bad_encoding"
+
+
+def test_bad_signature(app: Application) -> None:
+    raw = bytearray(tx())
+    raw[-1] ^= 1
+    assert _rejection(app, bytes(raw)) == "bad_signature"
+    assert _rejection(app, tx(chain_id="other-chain")) == "bad_signature"
+    assert app.verified_cache_size == 0
+
+
+def test_unknown_agency_and_not_a_member(app: Application) -> None:
+    assert _rejection(app, tx(agency="agency9")) == "unknown_agency"
+    assert _rejection(app, tx(key=MALLORY)) == "not_a_member"
+    # no agency writes another's namespace
+    assert _rejection(app, tx(key=BOB, agency="agency0")) == "not_a_member"
+    assert isinstance(app.check(tx(key=BOB, agency="agency1"), 0), Checked)
+
+
+def test_bad_op(app: Application) -> None:
+    assert _rejection(app, tx(op="append")) == "bad_op"
+    assert _rejection(app, tx(op="gov.add_member")) == "bad_op"
+    assert _rejection(app, tx(op="delete", value="not empty")) == "bad_op"
+    assert isinstance(app.check(tx(op="delete", value=""), 0), Checked)
+
+
+def test_key_too_large(app: Application) -> None:
+    assert _rejection(app, raw_tx(key=b"k" * 257)) == "key_too_large"
+    assert _rejection(app, tx(record=b"")) == "key_too_large"
+    assert isinstance(app.check(tx(record=b"k" * 256), 0), Checked)
+
+
+def test_value_too_large(app: Application) -> None:
+    assert _rejection(app, tx(value=b"v" * 1025)) == "value_too_large"  # genesis limit 1024
+    assert _rejection(app, raw_tx(value=b"v" * (1024 * 1024 + 1))) == "value_too_large"
+    assert isinstance(app.check(tx(value=b"v" * 1024), 0), Checked)
+
+
+def test_expiry_window_is_next_height_to_next_height_plus_ttl(app: Application) -> None:
+    # committed head 9: the next block is 10
+    assert _rejection(app, tx(valid_until=9), height=9) == "expired"
+    assert isinstance(app.check(tx(valid_until=10), 9), Checked)
+    assert isinstance(app.check(tx(valid_until=10 + TTL), 9), Checked)
+    assert _rejection(app, tx(valid_until=11 + TTL), height=9) == "ttl_too_long"
+
+
+def test_duplicate_after_commit_replay_rejected_across_blocks(app: Application, store: Any) -> None:
+    raw = tx(valid_until=40)
+    assert isinstance(app.check(raw, 0), Checked)
+    app.apply(make_block(store, [raw]))
+    assert _rejection(app, raw, height=1) == "duplicate"
+    # a primary replaying it in a later block gets a duplicate receipt and no write
+    executed = app.apply(make_block(store, [raw, tx(record="other", valid_until=40)]))
+    assert executed.tx_status == [Code.DUPLICATE, Code.APPLIED]
+    assert [w.key for w in executed.writes] == [record_state_key("agency0", b"other")]
+    assert store.get_tx(sha256(raw)).height == 1  # first location kept
+
+
+def test_code_names() -> None:
+    assert code_name(0) == "applied" and code_name(2) == "bad_signature"
+    assert code_name(99) == "status_99"
+    assert Rejected("ttl_too_long", "x").status == 9
+    assert [int(c) for c in Code] == list(range(12))
+
+
+# -- execution -----------------------------------------------------------------
+
+
+def test_execute_puts_and_deletes_with_history(app: Application, store: Any) -> None:
+    a1 = tx(record="licence/1", value="v1")
+    a2 = tx(record="licence/1", value="v2")
+    b1 = tx(key=BOB, agency="agency1", record="licence/1", value="bob")
+    executed = app.apply(make_block(store, [a1, a2, b1]))
+    assert executed.tx_status == [0, 0, 0] and executed.applied == 3
+    key_a = record_state_key("agency0", b"licence/1")
+    key_b = record_state_key("agency1", b"licence/1")
+    assert key_a == b"rec/agency0\x00licence/1"
+    assert executed.writes == [
+        StateWrite(key_a, b"v1", 0),
+        StateWrite(key_a, b"v2", 1),
+        StateWrite(key_b, b"bob", 2),
+    ]
+    assert store.get_record(key_a).value == b"v2"
+    app.apply(make_block(store, [tx(op="delete", record="licence/1", value="")]))
+    current = store.get_record(key_a)
+    assert current is not None and current.value is None and current.height == 2
+    history = store.record_history(key_a)
+    assert [v.value for v in history] == [None, b"v2", b"v1"]
+    assert store.get_record(key_b).value == b"bob"
+    assert app.tx_count() == 4
+
+
+def test_rejected_txs_stay_in_the_block_with_their_status(app: Application, store: Any) -> None:
+    bad_sig = bytearray(tx(record="x"))
+    bad_sig[-1] ^= 1
+    good = tx(record="good")
+    block_txs = [
+        b"\x93garbage",
+        bytes(bad_sig),
+        tx(agency="agency9"),
+        tx(key=MALLORY),
+        tx(op="merge"),
+        raw_tx(key=b"k" * 300),
+        tx(value=b"v" * 2000),
+        tx(valid_until=0),
+        tx(valid_until=1 + TTL + 1),
+        good,
+        good,
+        tx(key=BOB, agency="agency0", record="cross"),
+    ]
+    executed = app.apply(make_block(store, block_txs))
+    assert executed.tx_status == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 10, 4]
+    assert all(type(s) is int for s in executed.tx_status)  # the store wants plain ints
+    assert executed.writes == [StateWrite(record_state_key("agency0", b"good"), b"v", 9)]
+    assert store.get_tx(sha256(block_txs[3])).status == Code.NOT_A_MEMBER
+    assert store.get_record(record_state_key("agency0", b"cross")) is None
+    assert app.tx_count() == 1
+
+
+def test_execute_is_read_only_and_checks_the_height(app: Application, store: Any) -> None:
+    cb = make_block(store, [tx()])
+    first = app.execute(cb.block)
+    assert store.head_height() == 0 and app.execute(cb.block) == first
+    app.apply(cb)
+    with pytest.raises(ValueError, match="cannot execute block 1 on head 1"):
+        app.execute(cb.block)
+
+
+def test_state_roots_chain_and_are_kept_per_height(app: Application, store: Any) -> None:
+    genesis_root = sha256(store.genesis_hash)
+    assert app.state_root() == genesis_root == app.state_root_at(0)
+    e1 = app.apply(make_block(store, [tx(record="a")]))
+    assert e1.state_root == next_state_root(genesis_root, e1.writes)
+    encoded = codec.pack([[w.key, w.value, w.tx_index] for w in e1.writes])
+    assert e1.state_root == sha256(genesis_root + sha256(encoded))
+    e2 = app.apply(make_block(store, []))  # an empty block still advances the chain
+    assert e2.state_root == next_state_root(e1.state_root, [])
+    assert app.state_root_at(1) == e1.state_root and app.state_root_at(2) == e2.state_root
+    assert app.state_root_at(3) is None and app.state_root() == e2.state_root
+    assert store.get_meta(META_STATE_ROOT) == e2.state_root
+    assert store.get_meta(META_TX_COUNT) == struct.pack(">Q", 1)
+
+
+class CountingVerifier:
+    def __init__(self) -> None:
+        self.items = 0
+        self.calls = 0
+
+    def __call__(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        self.calls += 1
+        self.items += len(items)
+        return verify_serial(items)
+
+
+def test_execute_skips_signatures_checked_at_admission(store: Any, genesis: Genesis) -> None:
+    counter = CountingVerifier()
+    app = Application(store, genesis, verify_many=counter)
+    known = [tx(record=f"k{i}") for i in range(5)]
+    for raw in known:
+        assert isinstance(app.check(raw, 0), Checked)
+    assert counter.items == 5
+    unknown = [tx(record=f"u{i}") for i in range(3)]
+    executed = app.apply(make_block(store, known + unknown))
+    assert executed.tx_status == [0] * 8
+    assert counter.items == 5 + 3 and counter.calls == 5 + 1  # one batch for the unknown ones
+    assert app.verified_cache_size == 0  # committed hashes are forgotten
+
+
+def test_verified_cache_is_bounded(store: Any, genesis: Genesis) -> None:
+    app = Application(store, genesis, verified_cache_txs_max=3)
+    for i in range(10):
+        assert isinstance(app.check(tx(record=f"k{i}"), 0), Checked)
+    assert app.verified_cache_size == 3
+    small = Application(store, genesis, verified_cache_bytes_max=1000)
+    for i in range(10):
+        small.check(tx(record=f"k{i}"), 0)
+    assert small.verified_cache_size == 2  # 400-byte overhead + key + value per entry
+
+
+def test_execute_with_a_verify_pool(store: Any, genesis: Genesis) -> None:
+    with VerifyPool(threads=2) as pool:
+        app = Application(store, genesis, verify_many=pool.verify_many)
+        txs = [tx(record=f"k{i}") for i in range(150)]
+        bad = bytearray(txs[77])
+        bad[-5] ^= 0x40
+        txs[77] = bytes(bad)
+        executed = app.apply(make_block(store, txs))
+    assert executed.tx_status == [0] * 77 + [Code.BAD_SIGNATURE] + [0] * 72
+    assert pool.signatures == 150
+
+
+# -- determinism ---------------------------------------------------------------
+
+
+def _scenario_blocks() -> list[list[bytes]]:
+    """Blocks mixing valid puts/deletes, invalid txs, duplicates and cross-agency writes."""
+    t = {
+        i: tx(record=f"r{i % 7}", value=f"v{i}", valid_until=30, nonce=1000 + i) for i in range(40)
+    }
+    bad_sig = bytearray(t[5])
+    bad_sig[-1] ^= 1
+    return [
+        [t[0], t[1], t[2], t[0], b"\x01\x02"],
+        [t[3], bytes(bad_sig), tx(key=BOB, agency="agency0", nonce=7, valid_until=30)],
+        [],
+        [t[1], t[4], tx(op="delete", record="r0", value="", nonce=8, valid_until=30)],
+        [t[i] for i in range(6, 40)] + [tx(key=BOB, agency="agency1", nonce=9, valid_until=30)],
+        [tx(valid_until=2, nonce=10), tx(value=b"x" * 5000, nonce=11, valid_until=30)],
+    ]
+
+
+def _dump(store: Any, app: Application, heights: int) -> dict[str, Any]:
+    keys = sorted({w for b in range(1, heights + 1) for w in _keys_of(store.get_block(b))})
+    return {
+        "roots": [app.state_root_at(h) for h in range(heights + 1)],
+        "records": {k: store.get_record(k) for k in keys},
+        "history": {k: store.record_history(k, limit=100) for k in keys},
+        "status": [
+            [store.get_tx(tx_hash(raw)) for raw in store.get_block(h).block.txs]
+            for h in range(1, heights + 1)
+        ],
+        "tx_count": app.tx_count(),
+    }
+
+
+def _keys_of(cb: CertifiedBlock) -> set[bytes]:
+    from node.txs import decode_tx
+
+    keys = set()
+    for raw in cb.block.txs:
+        try:
+            t = decode_tx(raw)
+        except codec.DecodeError:
+            continue
+        keys.add(record_state_key(t.agency, t.key))
+    return keys
+
+
+def test_two_nodes_reach_identical_state(tmp_path: Path, genesis: Genesis) -> None:
+    """A warm node (signatures cached at admission) on LevelDB and a cold node on the fake store."""
+    warm_store = ChainStore.open(tmp_path / "warm", genesis_hash=genesis.hash())
+    cold_store = FakeStore(genesis.hash())
+    warm = Application(warm_store, genesis)
+    cold = Application(cold_store, genesis)
+    try:
+        results = []
+        for txs in _scenario_blocks():
+            for raw in txs:
+                warm.check(raw, warm_store.head_height())
+            cb = make_block(warm_store, txs)
+            assert cb.block.hash() == make_block(cold_store, txs).block.hash()
+            a, b = warm.apply(cb), cold.apply(cb)
+            assert a == b
+            results.append(a)
+        assert any(Code.DUPLICATE in r.tx_status for r in results)
+        assert any(Code.NOT_A_MEMBER in r.tx_status for r in results)
+        assert any(Code.BAD_SIGNATURE in r.tx_status for r in results)
+        heights = len(results)
+        assert _dump(warm_store, warm, heights) == _dump(cold_store, cold, heights)
+        assert warm.signatures_skipped > 0 and cold.signatures_skipped == 0
+    finally:
+        warm_store.close()
+
+
+def test_state_survives_reopening_the_store(tmp_path: Path, genesis: Genesis) -> None:
+    path = tmp_path / "db"
+    store = ChainStore.open(path, genesis_hash=genesis.hash())
+    app = Application(store, genesis)
+    roots = [app.apply(make_block(store, txs)).state_root for txs in _scenario_blocks()[:3]]
+    store.close()
+    store = ChainStore.open(path, genesis_hash=genesis.hash())
+    try:
+        app = Application(store, genesis)
+        assert [app.state_root_at(h) for h in (1, 2, 3)] == roots
+        assert app.state_root() == roots[-1]
+        e4 = app.apply(make_block(store, _scenario_blocks()[3]))
+        fresh = FakeStore(genesis.hash())
+        replay = Application(fresh, genesis)
+        for txs in _scenario_blocks()[:4]:
+            last = replay.apply(make_block(fresh, txs))
+        assert last.state_root == e4.state_root
+    finally:
+        store.close()
