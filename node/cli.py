@@ -126,11 +126,13 @@ def _add_testnet(sub: Any) -> None:
         "genesis, one agency per validator with its client key in DIR/clients/agencyI.key. "
         "Node i listens on BASE+10i (p2p), BASE+10i+1 (API), BASE+10i+2 (metrics).",
     )
-    p.add_argument("--validators", required=True, type=count_arg, metavar="N")
-    p.add_argument("--observers", default=0, type=count_arg, metavar="M")
+    p.add_argument("--validators", required=True, type=count_arg, metavar="N", help=">= 4 advised")
+    p.add_argument("--observers", default=0, type=count_arg, metavar="M", help="(default: 0)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P")
-    p.add_argument("--chain-id", default="redwood-local", metavar="ID")
+    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P", help="(default: 7700)")
+    p.add_argument(
+        "--chain-id", default="redwood-local", metavar="ID", help="(default: %(default)s)"
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR")
     p.set_defaults(run=cmd_testnet)
 
@@ -155,18 +157,30 @@ def _add_localnet(sub: Any) -> None:
         "(logs in DIR/nodeI/node.log), wait until all are ready and show a live view. "
         "Ctrl-C stops every node.",
     )
-    p.add_argument("--validators", default=4, type=count_arg, metavar="N")
-    p.add_argument("--observers", default=0, type=count_arg, metavar="M")
-    p.add_argument("--dir", default=Path("localnet"), type=Path)
-    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P")
-    p.add_argument("--chain-id", default="redwood-local", metavar="ID")
-    p.add_argument("--load", type=rate_arg, metavar="TXS_PER_S", help="submit a demo workload")
-    p.add_argument("--ready-timeout", default=60.0, type=rate_arg, metavar="SECONDS")
+    p.add_argument("--validators", default=4, type=count_arg, metavar="N", help="(default: 4)")
+    p.add_argument("--observers", default=0, type=count_arg, metavar="M", help="(default: 0)")
+    p.add_argument("--dir", default=Path("localnet"), type=Path, help="(default: ./localnet)")
+    p.add_argument("--base-port", default=7700, type=port_arg, metavar="P", help="(default: 7700)")
+    p.add_argument(
+        "--chain-id", default="redwood-local", metavar="ID", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--load", type=rate_arg, metavar="TXS_PER_S", help="submit demo puts at this rate"
+    )
+    p.add_argument(
+        "--ready-timeout", default=60.0, type=rate_arg, metavar="SECONDS", help="(default: 60)"
+    )
     p.set_defaults(run=cmd_localnet)
 
 
 def _node_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", default=DEFAULT_NODE_URL, type=url_arg, metavar="URL")
+    p.add_argument(
+        "--node",
+        default=DEFAULT_NODE_URL,
+        type=url_arg,
+        metavar="URL",
+        help="(default: %(default)s)",
+    )
 
 
 def _add_status(sub: Any) -> None:
