@@ -254,16 +254,16 @@ def parse_int_param(
     return int(text)
 
 
-def parse_timeout(request: Request) -> float:
+def parse_timeout(request: Request, wait_s_max: float) -> float:
     text = request.query_params.get("timeout")
     if text is None or text == "":
-        return WAIT_TIMEOUT_S_DEFAULT
+        return min(WAIT_TIMEOUT_S_DEFAULT, wait_s_max)
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= WAIT_TIMEOUT_S_MAX:  # also refuses nan and inf
-        raise ApiError(400, "bad_request", f"timeout must be seconds in (0, {WAIT_TIMEOUT_S_MAX}]")
+    if not 0 < value <= wait_s_max:  # also refuses nan and inf
+        raise ApiError(400, "bad_request", f"timeout must be seconds in (0, {wait_s_max:g}]")
     return value
 
 
@@ -412,8 +412,9 @@ def result_to_json(result: Any) -> dict[str, Any]:
 class _Api:
     """Route handlers over one view."""
 
-    def __init__(self, view: NodeView, max_body_bytes: int) -> None:
+    def __init__(self, view: NodeView, max_body_bytes: int, wait_s_max: float) -> None:
         self.view = view
+        self.wait_s_max = wait_s_max
         self.body_bytes_max = max_body_bytes
         self.tx_body_bytes_max = min(max_body_bytes, TX_BODY_BYTES_MAX)
 
@@ -431,7 +432,7 @@ class _Api:
 
     async def submit(self, request: Request) -> Response:
         wait = parse_wait(request)
-        timeout_s = parse_timeout(request)
+        timeout_s = parse_timeout(request, self.wait_s_max)
         kind = body_kind(request)
         body = await read_body(request, self.tx_body_bytes_max)
         tx_bytes = body if kind == "msgpack" else tx_from_json(parse_json(body))
@@ -650,9 +651,23 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error (logged by the node)")
 
 
-def build_app(view: NodeView, *, max_body_bytes: int = BODY_BYTES_MAX) -> Starlette:
-    """The Starlette application over `view` (served by `serve_api`, or used in tests via ASGI)."""
-    api = _Api(view, max_body_bytes)
+def build_app(
+    view: NodeView,
+    *,
+    max_body_bytes: int = BODY_BYTES_MAX,
+    wait_timeout_s_max: float = WAIT_TIMEOUT_S_MAX,
+) -> Starlette:
+    """The Starlette application over `view` (served by `serve_api`, or used in tests via ASGI).
+
+    `max_body_bytes` bounds a batch body (one transaction's body is bounded
+    by the smaller of it and TX_BODY_BYTES_MAX); `wait_timeout_s_max` bounds
+    `?timeout=` of `POST /txs?wait=commit`.
+    """
+    if max_body_bytes < 1 or not 0 < wait_timeout_s_max <= WAIT_TIMEOUT_S_MAX:
+        raise ValueError(
+            f"max_body_bytes must be positive and wait_timeout_s_max in (0, {WAIT_TIMEOUT_S_MAX:g}]"
+        )
+    api = _Api(view, max_body_bytes, wait_timeout_s_max)
     routes = []
     for method, path, name in ROUTES:
         # A record key may hold "/" (sent as %2F, which the decoded path loses):
@@ -678,6 +693,7 @@ async def serve_api(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     max_body_bytes: int = BODY_BYTES_MAX,
+    wait_timeout_s_max: float = WAIT_TIMEOUT_S_MAX,
 ) -> None:
     """Serve the API on host:port until cancelled; `task_status.started(bound_port)` once listening.
 
@@ -692,12 +708,15 @@ async def serve_api(
     config.keep_alive_timeout = KEEP_ALIVE_S
     # Bind here rather than inside Hypercorn so that "address in use" is a plain
     # OSError for the caller, not one buried in nested exception groups.
+    starlette_app = build_app(
+        view, max_body_bytes=max_body_bytes, wait_timeout_s_max=wait_timeout_s_max
+    )
+    app = wrap_app(starlette_app, 0, "asgi")  # type: ignore[arg-type]
     sockets = config.create_sockets()
     try:
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
         bound = sockets.insecure_sockets[0].getsockname()[1]
-        app = wrap_app(build_app(view, max_body_bytes=max_body_bytes), 0, "asgi")  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(worker_serve, app, config, sockets=sockets))
             log.info("API listening on %s:%d", host, bound)

@@ -341,6 +341,16 @@ async def test_bad_wait_parameters_are_400(client: httpx.AsyncClient, query: str
     assert_error(r, 400, "bad_request")
 
 
+async def test_the_wait_bound_is_configurable(view: FakeView) -> None:
+    app = build_app(view, wait_timeout_s_max=5)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as c:
+        r = await c.post("/txs?wait=commit&timeout=6", content=make_tx(), headers=MSGPACK)
+        assert_error(r, 400, "bad_request")
+    for bad in ({"wait_timeout_s_max": 0}, {"wait_timeout_s_max": 121}, {"max_body_bytes": 0}):
+        with pytest.raises(ValueError):
+            build_app(view, **bad)  # type: ignore[arg-type]
+
+
 MALFORMED_SINGLE = [
     ("empty body", b"", MSGPACK, 400, "empty_body"),
     ("empty json body", b"", {"content-type": "application/json"}, 400, "empty_body"),
