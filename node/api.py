@@ -57,7 +57,13 @@ from starlette.types import Receive, Scope, Send
 
 from consensus import codec
 from consensus.codec import DecodeError, EncodeError
-from consensus.types import MAX_AGENCY_CHARS, MAX_RECORD_KEY_BYTES, MAX_TX_BYTES, CertifiedBlock
+from consensus.types import (
+    MAX_AGENCY_CHARS,
+    MAX_RECORD_KEY_BYTES,
+    MAX_TX_BYTES,
+    CertifiedBlock,
+    tx_hash,
+)
 from node import txs
 
 log = logging.getLogger("redwood.api")
@@ -151,8 +157,6 @@ def text_or_none(data: bytes | None) -> str | None:
 
 def header_to_json(cb: CertifiedBlock) -> dict[str, Any]:
     """A committed block as JSON: header fields, `hash`, `tx_hashes` and the commit certificate."""
-    from consensus.types import tx_hash
-
     h = cb.block.header
     cert = cb.certificate
     return {
