@@ -37,7 +37,6 @@ Sending never blocks: `send` queues on the peer's link, or drops and counts
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Collection, Sequence
 
 import trio
@@ -49,6 +48,7 @@ from network.gossip import SeenCache, gossip_id
 from network.handshake import AUTH_BYTES, HandshakeError
 from network.limits import Backoff
 from network.link import CHANNEL_NAMES, CipherFactory, Link, PeerLimits, handshake
+from network.peers import InboundSlots, keep_new_link
 from network.stats import NetStats
 
 ACCEPT_ERROR_PAUSE_S = 0.1  # after EMFILE and the like, as trio.serve_listeners does
@@ -89,8 +89,9 @@ class Network:
         self._limits: dict[bytes, PeerLimits] = {}
         self._ever_connected: set[bytes] = set()
         self._seen = SeenCache(config.seen_cache_max)
-        self._inbound_connections = 0
-        self._handshaking: Counter[str] = Counter()  # unauthenticated inbound, by source host
+        self._inbound = InboundSlots(
+            config.inbound_connections_max, config.inbound_handshakes_per_address_max
+        )
         self._nursery: trio.Nursery | None = None
         self.listen_port: int | None = None
         self.stats = NetStats()
@@ -128,21 +129,12 @@ class Network:
                 await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
             address = _remote(stream)
-            reason = self._refuse_inbound(address[0])
+            reason = self._inbound.admit(address[0])
             if reason is not None:
                 self.stats.inbound_rejected[reason] += 1
                 await trio.aclose_forcefully(stream)
                 continue
-            self._inbound_connections += 1
-            self._handshaking[address[0]] += 1
             self._nursery.start_soon(self._serve_inbound, stream, address)
-
-    def _refuse_inbound(self, host: str) -> str | None:
-        if self._inbound_connections >= self.config.inbound_connections_max:
-            return "too_many_connections"
-        if self._handshaking[host] >= self.config.inbound_handshakes_per_address_max:
-            return "too_many_from_address"
-        return None
 
     async def _serve_inbound(self, stream: trio.SocketStream, address: tuple[str, int]) -> None:
         host = address[0]
@@ -150,13 +142,11 @@ class Network:
             try:
                 session = await self._handshake(stream, initiator=False, expected=None)
             finally:
-                self._handshaking[host] -= 1
-                if self._handshaking[host] <= 0:
-                    del self._handshaking[host]
+                self._inbound.handshake_done(host)
             if session is not None:
                 await self._run_link(stream, *session, outbound=False, address=address)
         finally:
-            self._inbound_connections -= 1
+            self._inbound.closed()
             await trio.aclose_forcefully(stream)
 
     async def _dial_loop(self, peer: PeerAddress) -> None:
@@ -261,9 +251,7 @@ class Network:
         peer_id = link.peer_id
         existing = self._links.get(peer_id)
         if existing is not None:
-            lower = min(self.node_id, peer_id)
-            same_dialer = existing.initiator_id == link.initiator_id
-            if not same_dialer and existing.initiator_id == lower:
+            if not keep_new_link(self.node_id, peer_id, existing.initiator_id, link.initiator_id):
                 return False
             existing.close("replaced")
         self._links[peer_id] = link

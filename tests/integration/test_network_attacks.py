@@ -310,12 +310,12 @@ async def test_connection_loop_is_bounded_and_harmless(nursery: trio.Nursery) ->
         else:
             await stream.aclose()
     await wait_until(lambda: a.stats.inbound_rejected["too_many_from_address"] >= 6)
-    assert a._inbound_connections <= 16
+    assert a._inbound.connections <= 16
     await assert_survives(c, b"conn-loop")
     for stream in held:
         await stream.aclose()
     # the slots free up again: a fresh honest connection is accepted afterwards
-    await wait_until(lambda: sum(a._handshaking.values()) == 0)
+    await wait_until(lambda: a._inbound.handshaking() == 0)
     c.nets[1].disconnect(a.node_id)
     await exchange(a, c.nets[1], b"after")
 
