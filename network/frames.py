@@ -115,7 +115,7 @@ class FrameReader:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
     def take(self, size: int) -> bytes | None:

@@ -60,7 +60,7 @@ class Backoff:
     def next_delay_s(self) -> float:
         base = min(self.max_s, self.initial_s * 2 ** min(self.attempt, BACKOFF_EXPONENT_MAX))
         self.attempt += 1
-        return base / 2 + self._rng.uniform(0.0, base / 2)
+        return float(base / 2 + self._rng.uniform(0.0, base / 2))
 
     def reset(self) -> None:
         self.attempt = 0

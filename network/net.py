@@ -43,7 +43,7 @@ import trio
 
 from consensus.crypto import SigningKey
 from network.config import GOSSIP_CHANNELS, Channel, Inbound, NetConfig, PeerAddress, PeerInfo
-from network.frames import AEAD_TAG_BYTES, AeadCipher, FrameReader
+from network.frames import AEAD_TAG_BYTES, AeadCipher, FrameCipher, FrameReader
 from network.gossip import SeenCache, gossip_id
 from network.handshake import AUTH_BYTES, HandshakeError
 from network.limits import Backoff
@@ -177,7 +177,7 @@ class Network:
 
     async def _handshake(
         self, stream: trio.SocketStream, *, initiator: bool, expected: bytes | None
-    ) -> tuple[bytes, object, FrameReader] | None:
+    ) -> tuple[bytes, FrameCipher, FrameReader] | None:
         """(peer id, cipher, reader holding any early bytes), or None (counted)."""
         frames = FrameReader(AUTH_BYTES + AEAD_TAG_BYTES)
         reason = None
@@ -213,7 +213,7 @@ class Network:
         self,
         stream: trio.SocketStream,
         peer_id: bytes,
-        cipher: object,
+        cipher: FrameCipher,
         frames: FrameReader,
         *,
         outbound: bool,
@@ -225,7 +225,7 @@ class Network:
         link = Link(
             stream,
             frames,
-            cipher,  # type: ignore[arg-type]
+            cipher,
             peer_id=peer_id,
             initiator_id=self.node_id if outbound else peer_id,
             outbound=outbound,
