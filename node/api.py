@@ -65,6 +65,7 @@ from consensus.types import (
     tx_hash,
 )
 from node import txs
+from node.app import code_name, record_state_key
 
 log = logging.getLogger("redwood.api")
 
@@ -88,8 +89,6 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/oc
 
 REJECTION_STATUS = {"duplicate": 409, "mempool_full": 429, "not_ready": 503}
 """HTTP status of a rejected transaction by rejection code; any other code is 400."""
-
-RECORD_PREFIX = b"rec/"
 
 
 class NodeView(Protocol):
@@ -215,6 +214,7 @@ def location_to_json(tx_hash_: bytes, loc: Any) -> dict[str, Any]:
         "height": loc.height,
         "index": loc.index,
         "status_code": loc.status,
+        "receipt": code_name(loc.status),  # "applied" when status_code is 0
     }
 
 
@@ -307,8 +307,8 @@ def record_path(request: Request) -> tuple[str, bytes, bool]:
 
 
 def state_key(agency: str, key: bytes) -> bytes:
-    """The state key of a record (docs/interfaces.md)."""
-    return RECORD_PREFIX + agency.encode("utf-8") + b"\x00" + key
+    """The state key of a record (the application's layout)."""
+    return record_state_key(agency, key)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

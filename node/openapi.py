@@ -71,7 +71,13 @@ SCHEMAS: dict[str, Any] = {
         ],
     },
     "Location": _obj(
-        {"tx_hash": HASH, "height": U64, "index": U64, "status_code": U64},
+        {
+            "tx_hash": HASH,
+            "height": U64,
+            "index": U64,
+            "status_code": U64,
+            "receipt": {"type": "string", "description": "status_code's name: applied, ..."},
+        },
     ),
     "SubmitResult": _obj(
         {

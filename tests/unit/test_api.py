@@ -166,7 +166,9 @@ class FakeView:
         self.changed.set()
         self.changed = trio.Event()
 
-    def commit(self, tx_list: list[bytes] | None = None) -> CertifiedBlock:
+    def commit(
+        self, tx_list: list[bytes] | None = None, statuses: list[int] | None = None
+    ) -> CertifiedBlock:
         """Commit the given txs (default: the whole mempool) as the next block."""
         if tx_list is None:
             tx_list = list(self.mempool.values())
@@ -178,7 +180,7 @@ class FakeView:
             value = tx.value if tx.op == "put" else None
             writes.append(StateWrite(api.state_key(tx.agency, tx.key), value, i))
             self.mempool.pop(tx_hash(raw), None)
-        self.store.commit_block(cb, writes)
+        self.store.commit_block(cb, writes, tx_status=statuses)
         for send in list(self.subscribers):
             try:
                 send.send_nowait(cb)
@@ -317,7 +319,13 @@ async def test_wait_commit_answers_with_the_location(
             nursery.start_soon(commit_when_pooled)
             r = await client.post("/txs?wait=commit&timeout=5", content=tx, headers=MSGPACK)
     assert r.status_code == 200, r.text
-    assert r.json() == {"tx_hash": tx_hash(tx).hex(), "height": 1, "index": 1, "status_code": 0}
+    assert r.json() == {
+        "tx_hash": tx_hash(tx).hex(),
+        "height": 1,
+        "index": 1,
+        "status_code": 0,
+        "receipt": "applied",
+    }
     # a retry of a committed tx with wait=commit finds it instead of failing as a duplicate
     r = await client.post("/txs?wait=commit", content=tx, headers=MSGPACK)
     assert r.status_code == 200 and r.json()["height"] == 1
@@ -546,11 +554,15 @@ async def test_batch_over_the_count_limit_is_413(
 
 async def test_get_tx_returns_tx_and_location(client: httpx.AsyncClient, view: FakeView) -> None:
     tx = make_tx(record_key="rk", value="hello")
-    view.commit([make_tx(nonce=9), tx])
+    expired = make_tx(nonce=9)
+    view.commit([expired, tx], statuses=[8, 0])
     r = await client.get(f"/txs/{tx_hash(tx).hex()}")
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["height"], body["index"], body["status_code"]) == (1, 1, 0)
+    assert body["receipt"] == "applied"
+    body = (await client.get(f"/txs/{tx_hash(expired).hex()}")).json()
+    assert (body["status_code"], body["receipt"]) == (8, "expired")
     assert body["tx_hex"] == tx.hex()
     assert body["tx"]["key_text"] == "rk" and body["tx"]["value_text"] == "hello"
     assert body["tx"]["sender"] == ALICE.public.hex()
