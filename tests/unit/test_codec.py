@@ -246,6 +246,31 @@ def test_refusals_say_what_was_wrong(data: bytes, message: str) -> None:
         codec.decode(data)
 
 
+@pytest.mark.parametrize("n", [0, 5, 31, 32, 64, 255, 256, 300])
+def test_text_where_bytes_belong_is_refused_in_every_header_form(n: int) -> None:
+    """A str header is never read as bin, even when the length would fit."""
+    tx = Transaction(bytes(32), 1, 2, "put", "a", b"", bytes(n), bytes(64))
+    good = codec.encode(tx)
+    as_text = codec.pack([1, 1, [bytes(32), 1, 2, "put", "a", b"", "x" * n, bytes(64)]])
+    assert codec.decode(good) == tx
+    with pytest.raises(DecodeError, match=r"Transaction.value: expected bytes \(bin\), got str"):
+        codec.decode(as_text)
+    block = codec.pack([1, 3, [codec.to_raw(GOLDEN_HEADER), [b"ok", "x" * n]]])
+    with pytest.raises(DecodeError, match=r"Block.txs\[1\]: expected bytes \(bin\), got str"):
+        codec.decode(block)
+
+
+def test_bin_running_past_the_end_is_named() -> None:
+    data = codec.encode(Block(header=GOLDEN_HEADER, txs=(b"abc",)))[:-1]
+    with pytest.raises(
+        DecodeError, match=r"Block.txs\[0\]: bin of 3 bytes at offset \d+ runs past the end"
+    ):
+        codec.decode(data)
+    data = codec.encode(Transaction(bytes(32), 1, 2, "put", "a", b"", b"v", bytes(64)))[:-1]
+    with pytest.raises(DecodeError, match=r"Transaction.signature: bin of 64 bytes at offset"):
+        codec.decode(data)
+
+
 def test_invalid_utf8_and_surrogates_are_refused() -> None:
     good = codec.encode(Transaction(bytes(32), 1, 2, "ab", "a", b"", b"", bytes(64)))
     at = good.index(b"\xa2ab")
@@ -553,7 +578,8 @@ def structural_mutations(draw: st.DrawFn) -> bytes:
     old = _get(raw, path)
     op = draw(st.sampled_from(["swap", "foreign", "drop", "add", "keep"]))
     if op == "swap" and type(old) is bytes:
-        new: Any = old.decode("utf-8", "replace")
+        # same length as the bytes (a str8 where a bin8 was), or the text they might be
+        new: Any = draw(st.sampled_from(["x" * len(old), old.decode("utf-8", "replace")]))
     elif op == "swap" and type(old) is str:
         new = old.encode()
     elif op == "drop" and type(old) is list and old:
