@@ -202,15 +202,18 @@ class Genesis:
         return tuple(v.node_id for v in self.validators)
 
     def validator_set(self) -> Any:
-        """The genesis validator set (epoch 0) as a consensus `ValidatorSet`.
+        """The genesis validator set (epoch 0, primary order) as a consensus `ValidatorSet`.
 
-        Falls back to the tuple of node ids while consensus has no `ValidatorSet`.
+        Returns the tuple of node ids instead while consensus has no `ValidatorSet`
+        (consensus/validators.py, re-exported by consensus/replica.py).
         """
         try:
             from consensus.validators import ValidatorSet
         except ImportError:
             try:
-                from consensus.replica import ValidatorSet  # type: ignore[no-redef]
+                from consensus.replica import (  # type: ignore[import-not-found,no-redef,unused-ignore]
+                    ValidatorSet,
+                )
             except ImportError:
                 return self.node_ids()
         return ValidatorSet(epoch=0, validators=self.node_ids())
