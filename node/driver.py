@@ -1,0 +1,155 @@
+"""The consensus driver: the one Trio task that owns the replica.
+
+Everything that touches the replica goes through this task, so the replica
+needs no locks (DESIGN.md §2). Inputs arrive on one bounded channel (peer
+messages, ticks, "the mempool has something" pokes); after each batch of
+inputs the driver runs the replica's Ready cycle:
+
+1. persist the journal records, synced, *before* any vote leaves (a vote that
+   is sent but not remembered could be contradicted after a crash);
+2. send the messages;
+3. apply committed blocks in height order (application + one atomic LevelDB
+   batch each), then tell the replica the new state root;
+4. advance.
+
+Then, if this replica is the primary and the mempool is not empty, it
+proposes the next batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from consensus import codec
+from consensus.types import BlockRequest, BlockResponse, CertifiedBlock, StatusAnnouncement
+
+log = logging.getLogger("redwood.driver")
+
+EVENTS_QUEUE_MAX = 4096
+EVENTS_PER_CYCLE_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    sender: bytes
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Poke:
+    """The mempool gained transactions: maybe propose."""
+
+
+TICK = Tick()
+POKE = Poke()
+
+
+class Driver:
+    """Owns the replica; see the module docstring for the cycle."""
+
+    def __init__(
+        self,
+        replica: Any,
+        *,
+        journal_write: Callable[[list[tuple[bytes, bytes | None]]], Awaitable[None]],
+        send: Callable[[bytes | None, Any], None],
+        apply_block: Callable[[CertifiedBlock], Awaitable[bytes]],
+        take_batch: Callable[[], list[bytes]],
+        pending_count: Callable[[], int],
+        on_evidence: Callable[[Any], None],
+        on_stable_checkpoint: Callable[[int, bytes], None],
+    ) -> None:
+        self.replica = replica
+        self._journal_write = journal_write
+        self._send = send
+        self._apply_block = apply_block
+        self._take_batch = take_batch
+        self._pending_count = pending_count
+        self._on_evidence = on_evidence
+        self._on_stable_checkpoint = on_stable_checkpoint
+        self.events_send, self._events = trio.open_memory_channel[Any](EVENTS_QUEUE_MAX)
+        self.cycles = 0
+        self.proposed_blocks = 0
+
+    def poke(self) -> None:
+        """Non-blocking: ask the driver to consider proposing."""
+        # a full queue means the driver is busy and will look at the mempool anyway
+        with contextlib.suppress(trio.WouldBlock):
+            self.events_send.send_nowait(POKE)
+
+    async def run(self) -> None:
+        while True:
+            first = await self._events.receive()
+            self._handle(first)
+            for _ in range(EVENTS_PER_CYCLE_MAX):
+                try:
+                    event = self._events.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._handle(event)
+            await self._cycle()
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, PeerMessage):
+            self.replica.step(event.message, event.sender)
+        elif isinstance(event, Tick):
+            self.replica.tick()
+            note = getattr(self.replica, "note_pending", None)
+            if note is not None:
+                note(self._pending_count())
+        # Poke: nothing to hand the replica; _cycle considers proposing
+
+    async def _cycle(self) -> None:
+        self.cycles += 1
+        while True:
+            await self._drain_ready()
+            if not self._maybe_propose():
+                break
+
+    async def _drain_ready(self) -> None:
+        while self.replica.has_ready():
+            ready = self.replica.ready()
+            if ready.persist:
+                await self._journal_write(list(ready.persist))
+            for out in ready.messages:
+                self._send(out.to, out.message)
+            for cb in ready.committed:
+                root = await self._apply_block(cb)
+                self.replica.executed(cb.block.header.height, root)
+            for height, root in ready.stable_checkpoints:
+                self._on_stable_checkpoint(height, root)
+            for ev in ready.evidence:
+                self._on_evidence(ev)
+            self.replica.advance(ready)
+
+    def _maybe_propose(self) -> bool:
+        if not self.replica.wants_proposal():
+            return False
+        batch = self._take_batch()
+        if not batch:
+            return False
+        proposed = bool(self.replica.propose(batch, math.floor(time.time() * 1000)))
+        if proposed:
+            self.proposed_blocks += 1
+        return proposed
+
+
+def is_sync_message(message: Any) -> bool:
+    return isinstance(message, BlockRequest | BlockResponse | StatusAnnouncement)
+
+
+def encode(message: Any) -> bytes:
+    return codec.encode(message)

@@ -1,0 +1,616 @@
+"""`redwood start`: one Trio process wiring store, application, mempool, replica, network and API.
+
+Tasks in the node's nursery:
+
+- the network (listener, dialers, per-peer links);
+- the inbound router: decodes peer payloads and routes them — consensus
+  messages and block responses to the driver, block requests to the sync
+  server, gossiped transactions to the mempool;
+- the driver (node/driver.py), the only task touching the replica;
+- the ticker (logical time for the replica);
+- the transaction gossiper (batches newly accepted transactions into one
+  gossip item every few milliseconds);
+- the HTTP API and the metrics endpoint.
+
+LevelDB calls that may block run in a worker thread behind a single-slot
+limiter, so the event loop keeps serving peers and clients meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from consensus import codec
+from consensus.codec import DecodeError
+from consensus.types import (
+    BlockRequest,
+    BlockResponse,
+    CertifiedBlock,
+    Evidence,
+    tx_hash,
+)
+from node.driver import Driver, PeerMessage, Tick, is_sync_message
+
+log = logging.getLogger("redwood.node")
+
+GRACEFUL_SHUTDOWN_S = 5.0
+SYNC_BLOCKS_PER_RESPONSE_MAX = 256
+SYNC_RESPONSE_BYTES_MAX = 8 * 1024 * 1024
+TX_GOSSIP_BATCH_MAX = 2000
+TX_GOSSIP_INTERVAL_S = 0.005
+TX_GOSSIP_QUEUE_MAX = 200_000
+BLOCK_SUBSCRIBERS_MAX = 64
+BLOCK_SUBSCRIBER_QUEUE_MAX = 256
+EVIDENCE_KEPT_MAX = 1000
+WAITERS_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    tx_hash: bytes
+    accepted: bool
+    code: str | None = None
+    message: str = ""
+
+
+class NodeError(Exception):
+    """The node cannot start (bad home, corrupt store, port in use...). The message says why."""
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def encode_tx_batch(txs: list[bytes]) -> bytes:
+    return codec.pack(txs)
+
+
+def decode_tx_batch(payload: bytes) -> list[bytes]:
+    raw = codec.unpack(payload)
+    if type(raw) is not list or len(raw) > TX_GOSSIP_BATCH_MAX:
+        raise DecodeError("tx gossip: expected a bounded list")
+    for item in raw:
+        if type(item) is not bytes:
+            raise DecodeError("tx gossip: expected a list of byte strings")
+    return raw
+
+
+class Node:
+    """One Redwood node: see the module docstring. Implements the API's `NodeView`."""
+
+    def __init__(self, config: Any) -> None:
+        from network.config import NetConfig, PeerAddress
+        from network.net import Network
+        from node import __version__
+        from node.app import Application
+        from node.genesis import Genesis
+        from node.mempool import Mempool
+        from node.metrics import NodeMetrics
+        from node.verify_pool import VerifyPool
+        from storage.keyfile import read_key
+        from storage.store import ChainStore
+
+        self.config = config
+        self.genesis = Genesis.load(config.genesis_path)
+        self.key = read_key(config.key_path)
+        self.node_id: bytes = self.key.public
+        self.chain_id: str = self.genesis.chain_id
+        self.params = self.genesis.params
+        self.store = ChainStore.open(config.data_path / "chain", genesis_hash=self.genesis.hash())
+        try:
+            self.verify_pool = VerifyPool()
+            self.app = Application(
+                self.store, self.genesis, verify_many=self.verify_pool.verify_many
+            )
+            self.mempool = Mempool(
+                self.app,
+                max_txs=config.mempool.max_txs,
+                max_bytes=config.mempool.max_bytes,
+                max_per_sender=config.mempool.max_per_sender,
+            )
+            self.vset = self.genesis.validator_set()
+            self.is_validator = self.node_id in self.vset
+            self.replica = self._make_replica()
+            host, port = _host_port(config.p2p.listen)
+            net_config = NetConfig(
+                listen_host=host,
+                listen_port=port,
+                handshake_timeout_s=config.p2p.handshake_timeout_ms / 1000,
+                inbound_connections_max=max(config.p2p.max_inbound, 1),
+                send_queue_messages_max=config.p2p.send_queue_max,
+                redial_max_s=config.p2p.reconnect_backoff_max_ms / 1000,
+            )
+            peers = [PeerAddress(nid, h, p) for nid, h, p in config.peer_addresses()]
+            allow = set(self.genesis.node_ids()) | set(config.observer_ids())
+            self.network = Network(self.key, self.chain_id, net_config, peers, allow)
+        except BaseException:
+            self.store.close()
+            raise
+        self.metrics = NodeMetrics(self.chain_id, self.node_id.hex(), __version__)
+        self.driver = Driver(
+            self.replica,
+            journal_write=self._journal_write,
+            send=self._send,
+            apply_block=self._apply_block,
+            take_batch=self._take_batch,
+            pending_count=lambda: self.mempool.pending,
+            on_evidence=self._on_evidence,
+            on_stable_checkpoint=self._on_stable_checkpoint,
+        )
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._waiters: dict[bytes, trio.Event] = {}
+        self._submitted_at: dict[bytes, float] = {}
+        self._subscribers: list[trio.MemorySendChannel[CertifiedBlock]] = []
+        self._evidence: list[Evidence] = []
+        self._gossip_out: list[bytes] = []
+        self._gossip_wakeup = trio.Event()
+        self._tx_in_send, self._tx_in = trio.open_memory_channel[tuple[bytes, list[bytes]]](256)
+        self._last_commit_at: float | None = None
+        self._last_view = self.replica.view
+        self.bad_inbound: dict[str, int] = {}
+        self.txs_committed = self.app.tx_count()
+        self.started_at = time.time()
+        self._install_layer_metrics()
+
+    # -- construction helpers ---------------------------------------------------------
+
+    def _make_replica(self) -> Any:
+        from consensus.crypto import Ed25519Verifier
+        from consensus.replica import Replica, ReplicaConfig, Restored
+
+        p = self.params
+        head = self.store.head()
+        depth = p.pipeline_depth
+        height = self.store.head_height()
+        roots = {}
+        for h in range(max(0, height - depth - 1), height + 1):
+            root = self.app.state_root_at(h)
+            if root is not None:
+                roots[h] = root
+        restored = Restored(
+            committed_height=height,
+            committed_hash=head.block.hash() if head else self.genesis.hash(),
+            committed_timestamp_ms=(
+                head.block.header.timestamp_ms if head else self.genesis.genesis_time_ms
+            ),
+            state_roots=roots,
+            journal=self.store.journal_items(),
+            epochs=((1, self.vset),),
+        )
+        tick_ms = self.config.consensus.tick_ms
+        rconfig = ReplicaConfig(
+            chain_id=self.chain_id,
+            pipeline_depth=depth,
+            checkpoint_interval=p.checkpoint_interval,
+            block_txs_max=p.block_txs_max,
+            block_bytes_max=p.block_bytes_max,
+            view_change_timeout_ticks=max(
+                1, self.config.consensus.view_change_timeout_ms // tick_ms
+            ),
+        )
+        signer = self.key if self.node_id in self.vset else None
+        seed = int.from_bytes(self.node_id[:8], "big") ^ time.time_ns()
+        return Replica(rconfig, restored, signer, Ed25519Verifier(), random.Random(seed))
+
+    def _install_layer_metrics(self) -> None:
+        net = self.network.stats
+
+        def read_net() -> dict[str, Any]:
+            return {
+                "messages_sent_total": dict(net.messages_sent),
+                "bytes_sent_total": dict(net.bytes_sent),
+                "messages_received_total": dict(net.messages_received),
+                "bytes_received_total": dict(net.bytes_received),
+                "dropped_total": {f"{c}/{r}": v for (c, r), v in net.dropped.items()},
+                "handshake_failures_total": dict(net.handshake_failures),
+                "reconnects_total": net.reconnects,
+                "peers_connected": net.connected_peers,
+            }
+
+        def read_mempool() -> dict[str, Any]:
+            m = self.mempool
+            return {
+                "received_total": m.received,
+                "rejected_total": dict(m.rejected),
+                "evicted_total": m.evicted,
+            }
+
+        def read_consensus() -> dict[str, Any]:
+            r = self.replica
+            out: dict[str, Any] = {}
+            dropped = getattr(r, "dropped", None)
+            if dropped is not None:
+                out["messages_dropped_total"] = dict(dropped)
+            vcs = getattr(r, "view_changes", None)
+            if vcs is not None:
+                out["view_changes_total"] = dict(vcs)
+            return out
+
+        self.metrics.add_layer("net", read_net, "Network layer counter (see docs/metrics.md).")
+        self.metrics.add_layer("mempool", read_mempool, "Mempool counter (see docs/metrics.md).")
+        self.metrics.add_layer(
+            "consensus", read_consensus, "Replica counter (see docs/metrics.md)."
+        )
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every task until cancelled; started() with the bound (p2p, api, metrics) ports."""
+        from node.api import serve_api
+        from node.metrics import serve_metrics
+
+        cfg = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                p2p_port = await nursery.start(self.network.run)
+                nursery.start_soon(self.driver.run)
+                nursery.start_soon(self._route_inbound)
+                nursery.start_soon(self._admit_gossiped_txs)
+                nursery.start_soon(self._gossip_txs)
+                nursery.start_soon(self._tick)
+                api_host, api_port = _host_port(cfg.api.listen)
+                api_port = await nursery.start(
+                    partial(
+                        serve_api, self, api_host, api_port,
+                        max_body_bytes=cfg.api.max_body_bytes,
+                        wait_timeout_s_max=cfg.api.wait_timeout_ms_max / 1000,
+                    )
+                )  # fmt: skip
+                metrics_port = None
+                if cfg.metrics.enabled:
+                    m_host, m_port = _host_port(cfg.metrics.listen)
+                    metrics_port = await nursery.start(serve_metrics, self.metrics, m_host, m_port)
+                log.info(
+                    "node started",
+                    extra={
+                        "node_id": self.node_id.hex(), "height": self.store.head_height(),
+                        "p2p_port": p2p_port, "api_port": api_port, "validator": self.is_validator,
+                    },
+                )  # fmt: skip
+                task_status.started((p2p_port, api_port, metrics_port))
+        finally:
+            self.verify_pool.close()
+            self.store.close()
+
+    async def _tick(self) -> None:
+        interval = self.config.consensus.tick_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            with contextlib.suppress(trio.WouldBlock):
+                self.driver.events_send.send_nowait(Tick())
+            self._refresh_gauges()
+
+    async def _route_inbound(self) -> None:
+        """Decode peer payloads and hand each to its consumer (bad bytes are counted, dropped)."""
+        from network.config import Channel
+
+        async for item in self.network.inbound:
+            if item.channel == Channel.TX_GOSSIP:
+                try:
+                    txs = decode_tx_batch(item.payload)
+                except DecodeError:
+                    self._count_bad("tx_gossip")
+                    continue
+                try:
+                    self._tx_in_send.send_nowait((item.peer, txs))
+                except trio.WouldBlock:
+                    self._count_bad("tx_gossip_overflow")
+                continue
+            if item.channel not in (Channel.CONSENSUS, Channel.SYNC):
+                self._count_bad("unexpected_channel")
+                continue
+            try:
+                message = codec.decode(item.payload)
+            except DecodeError:
+                self._count_bad("undecodable")
+                continue
+            if isinstance(message, BlockRequest):
+                await self._serve_blocks(item.peer, message)
+            elif isinstance(message, CertifiedBlock | Evidence):
+                self._count_bad("unexpected_type")
+            else:
+                await self.driver.events_send.send(PeerMessage(item.peer, message))
+
+    def _count_bad(self, reason: str) -> None:
+        self.bad_inbound[reason] = self.bad_inbound.get(reason, 0) + 1
+
+    async def _serve_blocks(self, peer: bytes, request: BlockRequest) -> None:
+        from network.config import Channel
+
+        first = max(1, request.from_height)
+        last = min(request.to_height, first + SYNC_BLOCKS_PER_RESPONSE_MAX - 1)
+        if last < first:
+            return
+        blocks = await trio.to_thread.run_sync(
+            self.store.get_blocks, first, last, SYNC_RESPONSE_BYTES_MAX, limiter=self._db_limiter
+        )
+        if blocks:
+            self.network.send(peer, Channel.SYNC, codec.encode(BlockResponse(tuple(blocks))))
+
+    # -- driver callbacks -----------------------------------------------------------------
+
+    async def _journal_write(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        await trio.to_thread.run_sync(self.store.journal_write, records, limiter=self._db_limiter)
+
+    def _send(self, to: bytes | None, message: Any) -> None:
+        from network.config import Channel
+
+        payload = codec.encode(message)
+        if is_sync_message(message):
+            if to is None:  # status announcements reach observers too
+                self.network.broadcast(
+                    Channel.SYNC, payload, [p.node_id for p in self.network.connected()]
+                )
+            else:
+                self.network.send(to, Channel.SYNC, payload)
+        elif to is None:
+            others = [v for v in self.replica_validators() if v != self.node_id]
+            self.network.broadcast(Channel.CONSENSUS, payload, others)
+        else:
+            self.network.send(to, Channel.CONSENSUS, payload)
+
+    def replica_validators(self) -> tuple[bytes, ...]:
+        vset = getattr(self.replica, "validator_set", None)
+        return tuple(vset.validators) if vset is not None else tuple(self.vset.validators)
+
+    async def _apply_block(self, cb: CertifiedBlock) -> bytes:
+        started = time.perf_counter()
+        executed = await trio.to_thread.run_sync(self.app.apply, cb, limiter=self._db_limiter)
+        now = time.perf_counter()
+        self.metrics.write_latency.labels(self.chain_id).observe(now - started)
+        self._after_commit(cb, executed, now)
+        return bytes(executed.state_root)
+
+    def _after_commit(self, cb: CertifiedBlock, executed: Any, now: float) -> None:
+        header = cb.block.header
+        hashes = executed.tx_hashes
+        self.mempool.committed(hashes)
+        self.txs_committed += executed.applied
+        m, c = self.metrics, self.chain_id
+        m.blocks.labels(c).inc()
+        m.txs.labels(c).inc(executed.applied)
+        m.height.labels(c).set(header.height)
+        if self._last_commit_at is not None:
+            m.block_interval.labels(c).observe(now - self._last_commit_at)
+        self._last_commit_at = now
+        if self._submitted_at or self._waiters:
+            wall = time.monotonic()
+            for h in hashes:
+                t0 = self._submitted_at.pop(h, None)
+                if t0 is not None:
+                    m.commit_latency.labels(c).observe(wall - t0)
+                event = self._waiters.pop(h, None)
+                if event is not None:
+                    event.set()
+        for sub in list(self._subscribers):
+            try:
+                sub.send_nowait(cb)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(sub)
+                sub.close()
+        if header.height % 16 == 0:
+            self.mempool.evict_expired(header.height)
+        if self.replica.view != self._last_view:
+            self._last_view = self.replica.view
+            self.mempool.requeue()
+
+    def _take_batch(self) -> list[bytes]:
+        p = self.params
+        return self.mempool.take(p.block_txs_max, p.block_bytes_max - 64 * 1024)
+
+    def _on_evidence(self, evidence: Evidence) -> None:
+        if len(self._evidence) < EVIDENCE_KEPT_MAX:
+            self._evidence.append(evidence)
+        self.metrics.evidence.labels(self.chain_id).inc()
+        log.warning("evidence of equivocation", extra={"replica": evidence.replica.hex()})
+
+    def _on_stable_checkpoint(self, height: int, root: bytes) -> None:
+        self.metrics.stable_checkpoint.labels(self.chain_id).set(height)
+
+    def _refresh_gauges(self) -> None:
+        m, c = self.metrics, self.chain_id
+        m.view.labels(c).set(self.replica.view)
+        m.mempool_size.labels(c).set(self.mempool.size)
+        m.mempool_bytes.labels(c).set(self.mempool.bytes)
+        m.syncing.labels(c).set(1 if self._catching_up() else 0)
+        m.validators.labels(c).set(len(self.replica_validators()))
+        m.peers.labels(c).set(len(self.network.connected()))
+        if self.replica.view != self._last_view:
+            self._last_view = self.replica.view
+            self.mempool.requeue()
+
+    # -- transactions -----------------------------------------------------------------------
+
+    async def _gossip_txs(self) -> None:
+        from network.config import Channel
+
+        while True:
+            await self._gossip_wakeup.wait()
+            self._gossip_wakeup = trio.Event()
+            await trio.sleep(TX_GOSSIP_INTERVAL_S)  # gather a batch: one gossip item per few ms
+            pending, self._gossip_out = self._gossip_out, []
+            for i in range(0, len(pending), TX_GOSSIP_BATCH_MAX):
+                self.network.gossip(
+                    Channel.TX_GOSSIP, encode_tx_batch(pending[i : i + TX_GOSSIP_BATCH_MAX])
+                )
+
+    def _queue_gossip(self, txs: list[bytes]) -> None:
+        if len(self._gossip_out) + len(txs) > TX_GOSSIP_QUEUE_MAX:
+            self._count_bad("tx_gossip_out_overflow")
+            return
+        self._gossip_out.extend(txs)
+        self._gossip_wakeup.set()
+
+    async def _admit_gossiped_txs(self) -> None:
+        async for _peer, txs in self._tx_in:
+            await self._admit_many(txs)
+
+    async def _admit_many(self, txs: list[bytes]) -> list[Any]:
+        height = self.store.head_height()
+        screened = self.mempool.screen(txs, height)
+        oks: list[bool] = []
+        if screened.items:
+            oks = await trio.to_thread.run_sync(self.verify_pool.verify_many, screened.items)
+        results = self.mempool.admit(screened, oks)
+        if any(not hasattr(r, "code") for r in results):
+            self.driver.poke()
+        return results
+
+    # -- NodeView (the API's view of the node) --------------------------------------------
+
+    async def submit(self, tx_bytes: bytes) -> SubmitResult:
+        return (await self.submit_many([tx_bytes]))[0]
+
+    async def submit_many(self, txs: list[bytes]) -> list[SubmitResult]:
+        results = await self._admit_many(txs)
+        out: list[SubmitResult] = []
+        accepted: list[bytes] = []
+        now = time.monotonic()
+        for tx, r in zip(txs, results, strict=True):
+            h = tx_hash(tx)
+            if hasattr(r, "code"):
+                out.append(SubmitResult(h, False, r.code, r.message))
+            else:
+                out.append(SubmitResult(h, True))
+                accepted.append(tx)
+                if len(self._submitted_at) < WAITERS_MAX:
+                    self._submitted_at[h] = now
+        if accepted:
+            self._queue_gossip(accepted)
+        return out
+
+    async def wait_committed(self, tx_hash_: bytes, timeout_s: float) -> Any:
+        found = self.store.get_tx(tx_hash_)
+        if found is not None:
+            return found
+        event = self._waiters.get(tx_hash_)
+        if event is None:
+            if len(self._waiters) >= WAITERS_MAX:
+                return None
+            event = self._waiters[tx_hash_] = trio.Event()
+        with trio.move_on_after(timeout_s):
+            await event.wait()
+        return self.store.get_tx(tx_hash_)
+
+    def _catching_up(self) -> bool:
+        return bool(getattr(self.replica, "catching_up", False))
+
+    def _connected_validators(self) -> int:
+        vals = set(self.replica_validators())
+        return sum(1 for p in self.network.connected() if p.node_id in vals)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._catching_up():
+            return False, "catching up with peers"
+        vals = self.replica_validators()
+        quorum = (len(vals) + (len(vals) - 1) // 3) // 2 + 1
+        have = self._connected_validators() + (1 if self.node_id in vals else 0)
+        if have < quorum:
+            return False, f"connected to {have} of the {quorum} validators a quorum needs"
+        return True, "ready"
+
+    def status(self) -> dict[str, Any]:
+        head = self.store.head()
+        r = self.replica
+        vals = self.replica_validators()
+        view = r.view
+        return {
+            "chain_id": self.chain_id,
+            "node_id": self.node_id.hex(),
+            "moniker": self.config.node.moniker,
+            "height": self.store.head_height(),
+            "view": view,
+            "last_block_hash": head.block.hash().hex() if head else self.genesis.hash().hex(),
+            "last_block_time_ms": head.block.header.timestamp_ms if head else None,
+            "catching_up": self._catching_up(),
+            "peers": len(self.network.connected()),
+            "validators": len(vals),
+            "is_validator": self.node_id in vals,
+            "primary": vals[view % len(vals)].hex(),
+            "epoch": getattr(getattr(r, "validator_set", None), "epoch", 0),
+            "txs_committed": self.txs_committed,
+            "mempool_size": self.mempool.size,
+            "mempool_bytes": self.mempool.bytes,
+            "ready": self.readiness()[0],
+        }
+
+    def validators(self) -> list[dict[str, Any]]:
+        by_id = {v.node_id: v for v in self.genesis.validators}
+        out = []
+        for i, nid in enumerate(self.replica_validators()):
+            v = by_id.get(nid)
+            agency = self.genesis.agency(v.agency) if v else None
+            out.append({
+                "index": i,
+                "node_id": nid.hex(),
+                "name": v.name if v else None,
+                "agency": v.agency if v else None,
+                "address": v.address if v else None,
+                "members": [m.hex() for m in agency.members] if agency else [],
+                "connected": nid == self.node_id or self.network.is_connected(nid),
+            })  # fmt: skip
+        return out
+
+    def peers(self) -> list[dict[str, Any]]:
+        vals = set(self.replica_validators())
+        out = []
+        for p in self.network.connected():
+            d = {k: getattr(p, k) for k in getattr(p, "__slots__", ())}
+            d = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in d.items()}
+            d["validator"] = p.node_id in vals
+            out.append(d)
+        return out
+
+    def evidence(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "kind": e.kind, "replica": e.replica.hex(), "view": e.view, "height": e.height,
+                "first": e.first.hex(), "second": e.second.hex(),
+            }
+            for e in self._evidence
+        ]  # fmt: skip
+
+    def subscribe_blocks(self) -> trio.MemoryReceiveChannel[CertifiedBlock]:
+        send, receive = trio.open_memory_channel[CertifiedBlock](BLOCK_SUBSCRIBER_QUEUE_MAX)
+        if len(self._subscribers) >= BLOCK_SUBSCRIBERS_MAX:
+            send.close()  # the API answers a closed stream: too many subscribers
+        else:
+            self._subscribers.append(send)
+        return receive
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    from node.config import listen_address
+
+    return listen_address(text)
+
+
+async def _serve_until_signal(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await nursery.start(node.run)
+
+            async def watch() -> None:
+                async for sig in signals:
+                    log.info("shutting down", extra={"signal": signal.Signals(sig).name})
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+
+
+def run(config: Any) -> int:
+    """`redwood start`: run the node in the foreground until SIGTERM/SIGINT. Returns the exit code."""
+    node = Node(config)
+    trio.run(_serve_until_signal, node)
+    log.info("stopped")
+    return 0
