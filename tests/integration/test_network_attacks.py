@@ -116,7 +116,7 @@ async def test_a_misconfigured_address_that_leads_back_to_itself_is_refused(
 ) -> None:
     c = Cluster(nursery, keys(2))
     await c.start(0)
-    c.scopes[0].cancel()
+    await c.stop(0)
     port = c.ports[0]
     own_address = PeerAddress(c.ids[1], "127.0.0.1", port)  # peer 1's id, our own port
     net = Network(c.keys[0], CHAIN, config(listen_port=port), [own_address], c.ids)

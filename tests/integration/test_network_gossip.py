@@ -25,8 +25,7 @@ async def start_cluster(nursery: trio.Nursery) -> Cluster:
     for i in range(VALIDATORS + 1):  # learn ports first (nobody dials), then restart with peers
         await c.start(i)
     for i in range(VALIDATORS + 1):
-        c.scopes[i].cancel()
-    await wait_until(lambda: True)
+        await c.stop(i)
     for i, peers in dial_plan().items():
         cfg = c.nets[i].config.__class__(**{**_fields(c.nets[i]), "listen_port": c.ports[i]})
         await c.start(i, dial=peers, cfg=cfg)
@@ -128,7 +127,7 @@ async def test_a_forgotten_item_is_not_relayed_forever(nursery: trio.Nursery) ->
     a = await c.start(0)
     b = await c.start(1, dial=[0], cfg=config(seen_cache_max=1))
     d = await c.start(2, dial=[0, 1], cfg=config(seen_cache_max=1))
-    await wait_until(lambda: len(a.connected()) == 2 and len(b.connected()) == 2)
+    await wait_until(lambda: all(len(n.connected()) == 2 for n in (a, b, d)))
     a.gossip(Channel.TX_GOSSIP, b"item")
     await wait_until(lambda: _quiet(c, "tx_gossip"))
     assert sum(n.stats.messages_sent["tx_gossip"] for n in c.nets) <= 6

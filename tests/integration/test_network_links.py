@@ -46,9 +46,8 @@ async def test_simultaneous_dial_keeps_the_link_dialed_by_the_lower_id() -> None
         c = Cluster(nursery, keys(2))
         await c.start(0)  # learn two free ports, then start both nodes at once on them
         await c.start(1)
-        c.scopes[0].cancel()
-        c.scopes[1].cancel()
-        await wait_until(lambda: True)
+        await c.stop(0)
+        await c.stop(1)
         a, b = (
             Network(
                 c.keys[i],
@@ -88,7 +87,7 @@ async def test_dialer_reconnects_after_the_peer_restarts() -> None:
         b = await c.start(1)
         a = await c.start(0, dial=[1])
         await exchange(a, b)
-        c.scopes[1].cancel()
+        await c.stop(1)
         await wait_until(lambda: not a.is_connected(b.node_id))
         assert a.stats.link_closes["eof"] + a.stats.link_closes["io_error"] >= 1
         b2 = await c.start(1, cfg=config(listen_port=c.ports[1]))
@@ -162,7 +161,7 @@ async def test_full_inbound_back_pressures_consensus_but_drops_gossip() -> None:
         c = Cluster(nursery, keys(2))
         a = await c.start(0, cfg=config(inbound_queue_max=4))
         b = await c.start(1, dial=[0])
-        await wait_until(lambda: a.is_connected(b.node_id))
+        await wait_until(lambda: a.is_connected(b.node_id) and b.is_connected(a.node_id))
         for i in range(4):
             b.gossip(Channel.TX_GOSSIP, b"tx-%d" % i)
         await wait_until(lambda: a.stats.messages_received["tx_gossip"] == 4)
@@ -182,7 +181,7 @@ async def test_sync_channel_is_rate_limited_per_peer() -> None:
         c = Cluster(nursery, keys(2))
         a = await c.start(0, cfg=config(sync_msgs_per_s=0.001, sync_msgs_burst=5))
         b = await c.start(1, dial=[0])
-        await wait_until(lambda: a.is_connected(b.node_id))
+        await wait_until(lambda: a.is_connected(b.node_id) and b.is_connected(a.node_id))
         for i in range(20):
             assert b.send(a.node_id, Channel.SYNC, b"req-%d" % i)
         await wait_until(lambda: a.stats.messages_received["sync"] == 20)
@@ -205,7 +204,7 @@ async def test_a_peer_over_its_byte_rate_is_throttled_then_disconnected() -> Non
         c = Cluster(nursery, keys(2))
         a = await c.start(0, cfg=cfg)
         b = await c.start(1, dial=[0])
-        await wait_until(lambda: a.is_connected(b.node_id))
+        await wait_until(lambda: a.is_connected(b.node_id) and b.is_connected(a.node_id))
 
         async def flood() -> None:
             while True:

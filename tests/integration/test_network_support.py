@@ -41,6 +41,7 @@ class Cluster:
         self.nets: list[Network] = []
         self.ports: list[int] = []
         self.scopes: list[trio.CancelScope] = []
+        self.stopped: list[trio.Event] = []
 
     @property
     def ids(self) -> list[bytes]:
@@ -66,18 +67,29 @@ class Cluster:
             **kw,  # type: ignore[arg-type]
         )
         scope = trio.CancelScope()
+        stopped = trio.Event()
 
         async def runner(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await net.run(task_status=task_status)
+            try:
+                with scope:
+                    await net.run(task_status=task_status)
+            finally:
+                stopped.set()
 
         port = await self.nursery.start(runner)
         while len(self.nets) <= i:
             self.nets.append(None)  # type: ignore[arg-type]
             self.ports.append(0)
             self.scopes.append(None)  # type: ignore[arg-type]
-        self.nets[i], self.ports[i], self.scopes[i] = net, port, scope
+            self.stopped.append(None)  # type: ignore[arg-type]
+        self.nets[i], self.ports[i], self.scopes[i], self.stopped[i] = net, port, scope, stopped
         return net
+
+    async def stop(self, i: int) -> None:
+        """Cancel node i and wait (bounded) until its sockets are closed."""
+        self.scopes[i].cancel()
+        with trio.fail_after(WAIT_S):
+            await self.stopped[i].wait()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
