@@ -218,7 +218,7 @@ class Application:
     def check(self, tx_bytes: bytes, height: int) -> Checked | Rejected:
         """Is `tx_bytes` acceptable for the block after committed height `height`?"""
         result = self.precheck(tx_bytes, height)
-        if isinstance(result, Rejected):
+        if isinstance(result, Rejected) or result.tx_hash in self._verified:
             return result
         if not self._verify_many([self.signature_item(result.tx)])[0]:
             return Rejected("bad_signature", "signature does not verify for the sender's key")

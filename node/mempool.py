@@ -274,9 +274,9 @@ class Mempool:
     def evict_expired(self, height: int) -> int:
         """Drop what cannot be included after committed height `height` (valid_until <= height)."""
         evicted = 0
-        heap = self._expiry
-        while heap and heap[0][0] <= height:
-            _, _, entry = heapq.heappop(heap)
+        # `_remove` may rebuild the heap: always read it afresh
+        while self._expiry and self._expiry[0][0] <= height:
+            _, _, entry = heapq.heappop(self._expiry)
             if entry.state is not _State.GONE:
                 self._remove(entry)
                 evicted += 1

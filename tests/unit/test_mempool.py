@@ -381,3 +381,15 @@ def test_stats(app: Application) -> None:
     stats = pool.stats()
     assert stats["size"] == 1 and stats["received"] == 2
     assert stats["rejected"] == {"bad_encoding": 1} and stats["senders"] == 1
+
+
+def test_mass_expiry_with_heap_compaction(app: Application) -> None:
+    pool = Mempool(app, 10_000, 10**8, 10_000)
+    txs = [tx(i % 6, valid_until=5 + i % 10) for i in range(300)]
+    for raw in txs:
+        add_ok(pool, raw)
+    pool.committed([sha256(r) for r in txs[:150]])
+    assert pool.evict_expired(9) == 75
+    assert pool.size == 75 and pool.pending == 75
+    assert all(decode_tx(r).valid_until > 9 for r in pool.take(1000, 10**8))
+    assert pool.evict_expired(14) == 75 and pool.size == 0 and pool.bytes == 0
