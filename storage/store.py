@@ -19,17 +19,19 @@ key                            value
 ``t/`` tx hash                 u64 height, u32 index, u32 status,
                                u32 offset, u32 length (where the tx's bytes
                                sit inside the stored block record)
-``s/`` state key               current version: u64 version, u64 height,
-                               u32 tx_index, u8 present(1)/deleted(0), value
-``v/`` u16 len, key, u64 ver   one history entry: u64 height, u32 tx_index,
-                               u8 present/deleted, value
+``s/`` state key               u64 current version number
+``v/`` u16 len, key, u64 ver   one version: u64 height, u32 tx_index,
+                               u8 present(1)/deleted(0), value
 ``a/`` meta key                application meta value
 ``j/`` journal key             consensus journal value
 =============================  ==============================================
 
 Transactions are stored once, inside the block record; the tx index keeps
 their byte range in it, and `get_tx` checks the slice against the tx hash. A tx
-hash already in the index keeps its first location. History keys carry the
+hash already in the index keeps its first location. Each state value is
+stored once, in its version entry; the current entry points at the newest
+version (two point reads for `get_record`, and a quarter fewer bytes written per
+block than keeping a second copy of every value). History keys carry the
 state key's length so that one key's versions are a contiguous range that no
 other key's entries can fall into.
 
@@ -93,7 +95,6 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">Q32s")
 _TXLOC = struct.Struct(">QIIII")
-_CURRENT = struct.Struct(">QQIB")
 _VERSION = struct.Struct(">QIB")
 
 # LevelDB tuning: a large write buffer keeps multi-megabyte block batches from
@@ -411,16 +412,25 @@ class ChainStore:
 
     @_leveldb_errors
     def get_record(self, key: bytes) -> RecordVersion | None:
-        raw = self._db.get(_STATE + bytes(key))
-        if raw is None:
+        key = bytes(key)
+        current = self._db.get(_STATE + key)
+        if current is None:
             return None
-        if len(raw) < _CURRENT.size:
-            raise self._corrupt("a state record is malformed")
-        version, height, tx_index, present = _CURRENT.unpack_from(raw)
+        if len(current) != _U64.size or len(key) > STATE_KEY_BYTES_MAX:
+            raise self._corrupt("a current-version entry is malformed")
+        raw = self._db.get(_history_prefix(key) + current)
+        if raw is None:
+            raise self._corrupt("the current version of a state key is missing")
+        return self._record_version(key, _U64.unpack(current)[0], raw)
+
+    def _record_version(self, key: bytes, version: int, raw: bytes) -> RecordVersion:
+        if len(raw) < _VERSION.size:
+            raise self._corrupt("a state version entry is malformed")
+        height, tx_index, present = _VERSION.unpack_from(raw)
         if present > 1:
-            raise self._corrupt("a state record is malformed")
-        value = raw[_CURRENT.size :] if present else None
-        return RecordVersion(bytes(key), value, version, height, tx_index)
+            raise self._corrupt("a state version entry is malformed")
+        value = raw[_VERSION.size :] if present else None
+        return RecordVersion(key, value, version, height, tx_index)
 
     @_leveldb_errors
     def record_history(
@@ -444,12 +454,10 @@ class ChainStore:
         out: list[RecordVersion] = []
         with it:
             for hkey, raw in it:
-                if len(hkey) != len(prefix) + 8 or len(raw) < _VERSION.size:
-                    raise self._corrupt("a state history entry is malformed")
+                if len(hkey) != len(prefix) + _U64.size:
+                    raise self._corrupt("a state version key is malformed")
                 version = _U64.unpack_from(hkey, len(prefix))[0]
-                height, tx_index, present = _VERSION.unpack_from(raw)
-                value = raw[_VERSION.size :] if present else None
-                out.append(RecordVersion(key, value, version, height, tx_index))
+                out.append(self._record_version(key, version, raw))
                 if len(out) >= limit:
                     break
         return out
@@ -576,12 +584,7 @@ class ChainStore:
     def _put_state(self, wb: plyvel.WriteBatch, writes: Sequence[StateWrite], height: int) -> None:
         """Current and history entries for each write, with version numbers counted per key."""
         put = wb.put
-        pack_current, pack_version, pack_u64, pack_u16 = (
-            _CURRENT.pack,
-            _VERSION.pack,
-            _U64.pack,
-            _U16.pack,
-        )
+        pack_version, pack_u64, pack_u16 = _VERSION.pack, _U64.pack, _U16.pack
         versions = self._current_versions(writes)
         for w in writes:
             key, value, tx_index = w.key, w.value, w.tx_index
@@ -595,11 +598,13 @@ class ChainStore:
                 raise ValueError(f"tx_index {tx_index!r} is not an integer in 0..2**32-1")
             version = versions[key] + 1
             versions[key] = version
-            put(_STATE + key, pack_current(version, height, tx_index, present) + body)
+            packed = pack_u64(version)
             put(
-                _HISTORY + pack_u16(len(key)) + key + pack_u64(version),
+                _HISTORY + pack_u16(len(key)) + key + packed,
                 pack_version(height, tx_index, present) + body,
             )
+        for key, version in versions.items():  # the last write of each key is its current version
+            put(_STATE + key, pack_u64(version))
 
     def _current_versions(self, writes: Sequence[StateWrite]) -> dict[bytes, int]:
         """Current version number (0 = never written) of every key in `writes`."""
@@ -611,6 +616,8 @@ class ChainStore:
         versions = {}
         for key in sorted(keys):
             current = get(_STATE + key)
+            if current is not None and len(current) != _U64.size:
+                raise self._corrupt("a current-version entry is malformed")
             versions[key] = 0 if current is None else unpack(current)[0]
         return versions
 
