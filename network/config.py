@@ -81,6 +81,7 @@ class NetConfig:
     # frames and messages
     message_bytes_max: int = codec.MAX_MESSAGE_BYTES
     frame_batch_bytes: int = 64 * 1024  # writer stops adding messages to a frame past this
+    frame_messages_max: int = 16384  # messages per frame, both ways (a frame of empty messages)
     read_chunk_bytes: int = 256 * 1024
 
     # per-peer send queues (per channel): full -> drop and count, never block the caller

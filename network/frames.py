@@ -155,19 +155,31 @@ def pack_messages(messages: Iterable[tuple[int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+DEFAULT_FRAME_MESSAGES_MAX = 16384
+
+
 def unpack_messages(
-    plaintext: bytes, channels: frozenset[int], message_bytes_max: int
+    plaintext: bytes,
+    channels: frozenset[int],
+    message_bytes_max: int,
+    messages_max: int = DEFAULT_FRAME_MESSAGES_MAX,
 ) -> list[tuple[int, bytes]]:
     """The (channel, payload) messages of an opened frame. Raises FrameError on garbage.
 
-    Keep-alives are accepted and left out of the result.
+    Keep-alives are accepted and left out of the result. At most
+    `messages_max` entries (keep-alives included) are accepted per frame,
+    so a frame of empty messages cannot balloon into millions of objects.
     """
     out: list[tuple[int, bytes]] = []
     offset = 0
     end = len(plaintext)
     header_size = MESSAGE_HEADER.size
     unpack_header = MESSAGE_HEADER.unpack_from
+    entries = 0
     while offset < end:
+        entries += 1
+        if entries > messages_max:
+            raise FrameError("bad_batch", f"more than {messages_max} messages in a frame")
         if end - offset < header_size:
             raise FrameError("bad_batch", "truncated message header")
         channel, length = unpack_header(plaintext, offset)

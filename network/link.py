@@ -243,6 +243,7 @@ class Link:
     def _drain(self) -> list[tuple[int, bytes]]:
         """Queued messages for one frame, consensus first, up to frame_batch_bytes."""
         budget = self.config.frame_batch_bytes
+        count_max = self.config.frame_messages_max
         header = MESSAGE_HEADER.size
         batch: list[tuple[int, bytes]] = []
         size = 0
@@ -251,14 +252,14 @@ class Link:
             while queue:
                 payload = queue[0]
                 cost = header + len(payload)
-                if batch and size + cost > budget:
+                if batch and (size + cost > budget or len(batch) >= count_max):
                     break
                 queue.popleft()
                 batch.append((channel, payload))
                 size += cost
                 taken += len(payload)
             self._queued_bytes[channel] -= taken
-            if size >= budget:
+            if size >= budget or len(batch) >= count_max:
                 break
         return batch
 
@@ -303,7 +304,9 @@ class Link:
                 continue
             prefix, body = frame
             plaintext = self._cipher.open(body, prefix)
-            messages = unpack_messages(plaintext, CHANNEL_VALUES, config.message_bytes_max)
+            messages = unpack_messages(
+                plaintext, CHANNEL_VALUES, config.message_bytes_max, config.frame_messages_max
+            )
             self.stats.frames_received += 1
             self.peer_stats.bytes_in += len(prefix) + len(body)
             self.peer_stats.msgs_in += len(messages)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from network import Channel, NetConfig, Network, PeerAddress
@@ -193,13 +194,19 @@ async def test_sync_channel_is_rate_limited_per_peer() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_over_its_byte_rate_is_throttled_then_disconnected() -> None:
-    cfg = config(
-        message_bytes_max=64 * 1024,
-        peer_bytes_per_s=50_000.0,
-        peer_bytes_burst=100_000.0,
-        throttle_disconnect_s=0.3,
-    )
+@pytest.mark.parametrize("limit", ["bytes", "messages"])
+async def test_a_peer_over_its_rate_is_throttled_then_disconnected(limit: str) -> None:
+    if limit == "bytes":
+        cfg = config(
+            message_bytes_max=64 * 1024,
+            peer_bytes_per_s=50_000.0,
+            peer_bytes_burst=100_000.0,
+            throttle_disconnect_s=0.3,
+        )
+        payload, per_round = bytes(60_000), 1
+    else:
+        cfg = config(peer_msgs_per_s=500.0, peer_msgs_burst=1000.0, throttle_disconnect_s=0.3)
+        payload, per_round = b"m", 200
     async with trio.open_nursery() as nursery:
         c = Cluster(nursery, keys(2))
         a = await c.start(0, cfg=cfg)
@@ -208,7 +215,8 @@ async def test_a_peer_over_its_byte_rate_is_throttled_then_disconnected() -> Non
 
         async def flood() -> None:
             while True:
-                b.send(a.node_id, Channel.CONSENSUS, bytes(60_000))
+                for _ in range(per_round):
+                    b.send(a.node_id, Channel.CONSENSUS, payload)
                 await trio.sleep(0.001)
 
         async def drain() -> None:
@@ -218,6 +226,7 @@ async def test_a_peer_over_its_byte_rate_is_throttled_then_disconnected() -> Non
         nursery.start_soon(flood)
         nursery.start_soon(drain)
         await wait_until(lambda: a.stats.throttled >= 1)
+        assert a.stats.peers[b.node_id].throttled >= 1
         await wait_until(lambda: a.stats.link_closes["rate_limited"] >= 1)
         nursery.cancel_scope.cancel()
 

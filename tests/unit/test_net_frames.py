@@ -141,6 +141,14 @@ def test_batches_round_trip(messages: list[tuple[int, bytes]]) -> None:
     assert unpack_messages(pack_messages(messages), CHANNELS, 1000) == messages
 
 
+def test_messages_per_frame_are_bounded() -> None:
+    plain = pack_messages([(1, b"")] * 11)
+    assert len(unpack_messages(plain, CHANNELS, 100, messages_max=11)) == 11
+    with pytest.raises(FrameError) as err:
+        unpack_messages(plain, CHANNELS, 100, messages_max=10)
+    assert err.value.reason == "bad_batch"
+
+
 def test_keepalive_is_accepted_and_left_out() -> None:
     plain = pack_messages([(0, b""), (1, b"x"), (0, b"")])
     assert unpack_messages(plain, CHANNELS, 100) == [(1, b"x")]
