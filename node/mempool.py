@@ -176,6 +176,9 @@ class Mempool:
             self.app.signatures_checked += 1
             self.app.remember(checked)
             early = self._refuse_early(checked.tx_hash, len(tx_bytes))
+            if early is None and self.app.store.has_tx(checked.tx_hash):
+                # committed while its signature was being checked off the loop
+                early = Rejected("duplicate", "transaction already committed")
             results[i] = self._reject(early) if early else self._insert(checked, tx_bytes)
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]

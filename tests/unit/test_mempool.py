@@ -192,6 +192,11 @@ def test_admit_rechecks_bounds_and_duplicates(app: Application) -> None:
     add_ok(pool, tx(2))
     results = pool.admit(screened, [True, True])
     assert [code(r) for r in results] == ["duplicate", "mempool_full"]
+    later = tx(5)
+    fresh = Mempool(app, 10, 10**6, 10)
+    screened = fresh.screen([later], 0)
+    app.apply(make_block(app.store, [later]))  # committed while being verified
+    assert [code(r) for r in fresh.admit(screened, [True])] == ["duplicate"]
     with pytest.raises(ValueError, match="one signature result"):
         fresh = Mempool(app, 10, 10**6, 10)
         fresh.admit(fresh.screen([tx(3)], 0), [])
