@@ -77,6 +77,7 @@ STATE_KEY_BYTES_MAX = 4096
 RECORD_HISTORY_MAX = 1000
 META_KEY_BYTES_MAX = 1024
 U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
 RECOVERY_COMMAND = "redwood repair --home DIR"
 
 _FORMAT_KEY = b"m/format"
@@ -445,12 +446,13 @@ class ChainStore:
         if limit < 1 or len(key) > STATE_KEY_BYTES_MAX:
             return []
         prefix = _history_prefix(key)
-        stop = prefix + _U64.pack(before_version) if before_version is not None else None
-        if before_version is not None and before_version <= 1:
-            return []
-        it = self._db.iterator(start=prefix, stop=stop, reverse=True) if stop else None
-        if it is None:
+        if before_version is None or before_version > U64_MAX:
             it = self._db.iterator(prefix=prefix, reverse=True)
+        elif before_version <= 1:
+            return []
+        else:
+            stop = prefix + _U64.pack(before_version)
+            it = self._db.iterator(start=prefix, stop=stop, reverse=True)
         out: list[RecordVersion] = []
         with it:
             for hkey, raw in it:

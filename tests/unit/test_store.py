@@ -236,6 +236,9 @@ def test_history_pages_newest_first(store: ChainStore) -> None:
     assert store.record_history(b"k", limit=3, before_version=1) == []
     assert versions(store.record_history(b"k", before_version=100)) == [7, 6, 5, 4, 3, 2, 1]
     assert store.record_history(b"k", limit=0) == []
+    assert store.record_history(b"k", before_version=-5) == []
+    assert versions(store.record_history(b"k", limit=2, before_version=2**70)) == [7, 6]
+    assert store.record_history(b"x" * 10_000) == []  # longer than any state key
 
 
 def test_history_of_one_key_never_includes_another(store: ChainStore) -> None:
