@@ -150,13 +150,9 @@ def _history_prefix(key: bytes) -> bytes:
     return _HISTORY + _U16.pack(len(key)) + key
 
 
-def _msgpack_header_bytes(length: int, small: int) -> int:
-    """Size of a msgpack bin (small=0) or array (small=16) header for `length`."""
-    if small and length < small:
-        return 1
-    if not small and length < 256:
-        return 2
-    return 3 if length < 65536 else 5
+def _array_header_bytes(items: int) -> int:
+    """Size of the msgpack header of an array of `items` items."""
+    return 1 if items < 16 else (3 if items < 65536 else 5)
 
 
 def _tx_offsets(cb: CertifiedBlock, record: bytes) -> list[int]:
@@ -168,12 +164,12 @@ def _tx_offsets(cb: CertifiedBlock, record: bytes) -> list[int]:
     """
     txs = cb.block.txs
     start = 5 + len(codec.encode_body(cb.block.header))  # 3 envelope + 2 array bytes
-    offset = start + _msgpack_header_bytes(len(txs), 16)
+    offset = start + _array_header_bytes(len(txs))
     offsets: list[int] = []
     append = offsets.append
     for tx in txs:
         n = len(tx)
-        offset += 2 if n < 256 else (3 if n < 65536 else 5)
+        offset += 2 if n < 256 else (3 if n < 65536 else 5)  # the bin header
         append(offset)
         offset += n
     assert (
