@@ -361,3 +361,23 @@ async def test_peer_that_never_reads_fills_its_queue_not_ours(nursery: trio.Nurs
         assert a.send(c.ids[1], Channel.CONSENSUS, b"honest-%d" % i)
     await receive_matching(c.nets[1], b"honest-19")
     await stream.aclose()
+
+
+async def test_peer_that_never_reads_is_disconnected_once_a_write_stalls(
+    nursery: trio.Nursery,
+) -> None:
+    c = Cluster(nursery, keys(3))
+    a = await c.start(0, cfg=config(send_stall_timeout_s=0.2))
+    await c.start(1, dial=[0])
+    stream, _ = await evil_session(c.ports[0], c.keys[2])
+    await wait_until(lambda: a.is_connected(c.ids[2]))
+
+    async def offer() -> None:
+        while a.send(c.ids[2], Channel.CONSENSUS, bytes(64 * 1024)) or a.is_connected(c.ids[2]):
+            await trio.sleep(0.001)
+
+    nursery.start_soon(offer)
+    await wait_until(lambda: a.stats.link_closes["send_stalled"] == 1)
+    assert not a.is_connected(c.ids[2])
+    await assert_survives(c, b"after-stall")
+    await stream.aclose()
