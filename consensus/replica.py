@@ -1,0 +1,1414 @@
+"""The PBFT replica: a deterministic, sans-IO state machine (Castro & Liskov, OSDI '99).
+
+Theory of operation
+===================
+
+Shape. Like etcd-io/raft's RawNode, the replica does no I/O and reads no
+clock. The node feeds it inputs -- `step(message, sender)` for a decoded peer
+message, `tick()` for logical time (100 ms in production), `propose(txs,
+timestamp_ms)` when it is primary and `wants_proposal()`, `executed(h, root)`
+after applying committed block h, `note_pending(n)` with its mempool size and
+`add_epoch` for membership changes -- and collects outputs with
+`ready()`: journal records to persist (synced) *before* sending, fully signed
+messages to send, certified blocks to apply in height order, stable
+checkpoints and evidence. `advance(ready)` acknowledges it. Randomness (timer
+jitter) comes from the injected `random.Random`, signatures from the injected
+signer and verifier, so a run is a pure function of its inputs.
+
+Heights are PBFT sequence numbers; a block is a batch. Block h's header
+claims the state after height max(0, h - pipeline_depth) (types.py, "Chain
+shape"), so the primary can have `pipeline_depth` heights in flight while
+execution stays strictly in order.
+
+Normal case (§4.2). The primary of view v (validators[v mod n] of the epoch
+in force) sends PRE-PREPARE(v, h, block). A backup accepts it if it is in
+view v, h is between the watermarks, the block is well formed
+(`certificates.check_block`), its parent_hash is the hash of block h-1
+(committed, or accepted in this view), its timestamp is not below the
+parent's and its state claim equals this replica's own executed root; while
+the parent or the state is not yet known, the pre-prepare waits in a bounded
+buffer. Then it sends PREPARE. h is *prepared* with the pre-prepare and q-1
+matching PREPAREs from others. A replica sends COMMIT for h only when h is
+prepared in v *and* h-1 is committed with hash == parent_hash or is itself
+prepared-and-linked in v with digest == parent_hash: what a replica commits
+to is always a chain, which is what makes the hash chain survive view changes
+(see `consensus.view_change`). q matching COMMITs make h committed-local; the
+block leaves in `Ready.committed` with a `CommitCertificate` of those q
+signatures once every lower height has.
+
+Checkpoints (§4.3). After `executed(h, root)` with h a multiple of
+checkpoint_interval, the replica signs CHECKPOINT(h, root). q matching ones
+make it *stable*: the low watermark moves to h, the high one to h + window,
+and logs, certificates and journal records at or below h are dropped.
+
+View change (§4.4). A timer runs while there is work (pending transactions
+the node told us about, accepted but uncommitted blocks, held pre-prepares)
+and nothing commits. On expiry the replica sends VIEW-CHANGE(v+1) with its
+stable checkpoint proof and its prepared certificates, and stops voting in
+v. The timeout doubles with every consecutive view change (capped) plus
+random jitter. f+1 VIEW-CHANGEs for higher views make a replica join the
+smallest of them. The primary of the new view, with q VIEW-CHANGEs, sends
+NEW-VIEW carrying them and the re-proposed blocks O, derived
+deterministically (`view_change.derive_blocks`); every backup re-derives O
+and rejects a NEW-VIEW whose O differs.
+
+Catch-up. A replica that learns it is behind (f+1 status announcements or
+checkpoints above its height, a certificate above it, a NEW-VIEW whose
+checkpoint it lacks, messages from f+1 peers above its window) sends
+BlockRequests to peers in turn and applies the certified blocks it gets back
+after checking each certificate against the epoch in force at that height.
+
+Durability. Every vote is journaled before it leaves (`journal_codec`): a
+restarted replica never signs two digests for one (view, height, phase), never
+votes in a view below one it asked to leave, and still reports the prepared
+certificates of every block it sent a COMMIT for.
+
+Errors. Peer garbage is dropped and counted in `dropped` by reason; misuse of
+this API raises `ReplicaUsageError`; broken invariants are assertions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consensus import codec, journal_codec, merkle
+from consensus.certificates import (
+    NO_SIGNATURE,
+    BlockLimits,
+    Signer,
+    check_block,
+    sign,
+    signature_ok,
+    state_height,
+    verify_certified_block,
+    verify_checkpoint_proof,
+    verify_prepared_certificate,
+)
+from consensus.crypto import ZERO_HASH, Verifier
+from consensus.journal_codec import OwnCheckpoint
+from consensus.types import (
+    MAX_PREPARED_IN_VIEW_CHANGE,
+    Block,
+    BlockHeader,
+    BlockRequest,
+    BlockResponse,
+    CertifiedBlock,
+    Checkpoint,
+    Commit,
+    CommitCertificate,
+    CommitSignature,
+    Evidence,
+    NewView,
+    Prepare,
+    PreparedCertificate,
+    PrePrepare,
+    StatusAnnouncement,
+    ViewChange,
+    VoteKind,
+)
+from consensus.validators import EpochSchedule, ValidatorSet
+from consensus.view_change import base_height, derive_blocks
+
+__all__ = [
+    "Outbound",
+    "Ready",
+    "Replica",
+    "ReplicaConfig",
+    "ReplicaUsageError",
+    "Restored",
+    "ValidatorSet",
+]
+
+BLOCKS_PER_HEIGHT_MAX = 4  # candidate blocks remembered per height (one per view tried)
+RECENT_HASHES_MAX = 4096  # committed (hash, timestamp) kept above the stable checkpoint
+
+
+class ReplicaUsageError(Exception):
+    """The caller (the node) used the replica's API wrongly. Never caused by peers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    chain_id: str
+    pipeline_depth: int = 4  # heights in flight; also the state-claim lag (types.py)
+    checkpoint_interval: int = 64
+    block_txs_max: int = 4000
+    block_bytes_max: int = 4 * 1024 * 1024
+    view_change_timeout_ticks: int = 20  # node ticks every 100 ms
+    view_change_backoff_max: int = 5  # timeout doubles per consecutive view change, 2**5 at most
+    retransmit_ticks: int = 10  # re-send own votes for stuck heights this often
+    status_interval_ticks: int = 10  # StatusAnnouncement to all this often
+    catchup_retry_ticks: int = 10  # re-ask another peer when a BlockRequest went unanswered
+    catchup_blocks_max: int = 64  # heights asked for in one BlockRequest
+    future_messages_max: int = 1024  # buffered messages for future views, over all peers
+    held_pre_prepares_max: int = 64  # pre-prepares waiting for their parent or state
+    evidence_max: int = 64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chain_id, str) or not self.chain_id:
+            raise ValueError("chain_id must be a non-empty string")
+        if not 1 <= self.pipeline_depth <= self.checkpoint_interval:
+            raise ValueError("need 1 <= pipeline_depth <= checkpoint_interval")
+        for name in (
+            "block_txs_max", "block_bytes_max", "view_change_timeout_ticks",
+            "retransmit_ticks", "status_interval_ticks", "catchup_retry_ticks",
+            "catchup_blocks_max", "future_messages_max", "held_pre_prepares_max", "evidence_max",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.view_change_backoff_max < 0:
+            raise ValueError("view_change_backoff_max must be >= 0")
+
+    @property
+    def window(self) -> int:
+        """High watermark - low watermark (PBFT's L), in heights."""
+        return 2 * self.checkpoint_interval
+
+    @property
+    def limits(self) -> BlockLimits:
+        return BlockLimits(
+            self.chain_id, self.pipeline_depth, self.block_txs_max, self.block_bytes_max
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What the node read from disk at start."""
+
+    committed_height: int  # 0 = genesis only
+    committed_hash: bytes  # hash of the header at committed_height (genesis hash at 0)
+    committed_timestamp_ms: int
+    state_roots: dict[int, bytes]  # state root after each of the last pipeline_depth+1 heights
+    journal: dict[bytes, bytes]  # everything the replica asked to persist, as stored
+    epochs: tuple[tuple[int, ValidatorSet], ...]  # (first height, set), ascending
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    to: bytes | None  # None = every validator of the current epoch except self
+    message: object  # a registered wire message (codec.encode works on it)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    persist: tuple[tuple[bytes, bytes | None], ...]  # sync BEFORE sending
+    messages: tuple[Outbound, ...]
+    committed: tuple[CertifiedBlock, ...]  # strictly ascending heights, each certified
+    stable_checkpoints: tuple[tuple[int, bytes], ...]  # (height, state_root)
+    evidence: tuple[Evidence, ...]
+
+
+@dataclass(slots=True)
+class Slot:
+    """Everything known about one height above the committed height."""
+
+    pre_prepare: PrePrepare | None = None  # accepted in the current view
+    prepares: dict[bytes, Prepare] = field(default_factory=dict)  # current view, by replica
+    commits: dict[bytes, Commit] = field(default_factory=dict)  # newest view per replica
+    blocks: dict[bytes, Block] = field(default_factory=dict)  # digest -> block
+    prepared: bool = False  # in the current view
+    linked: bool = False  # prepared in the current view and its parent chain is too
+    committed: CertifiedBlock | None = None  # committed-local, waiting for lower heights
+    sent: list[Any] = field(default_factory=list)  # own signed messages (retransmission)
+
+    def new_view(self) -> None:
+        self.pre_prepare = None
+        self.prepares = {}
+        self.prepared = False
+        self.linked = False
+        self.sent = []
+
+
+class Replica:
+    """One PBFT replica (validator, or observer when `signer` is None)."""
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        restored: Restored,
+        signer: Signer | None,
+        verifier: Verifier,
+        rng: random.Random,
+    ) -> None:
+        if not isinstance(config, ReplicaConfig) or not isinstance(restored, Restored):
+            raise ReplicaUsageError("Replica(config: ReplicaConfig, restored: Restored, ...)")
+        self.config = config
+        self.limits = config.limits
+        self.signer = signer
+        self.node_id: bytes | None = signer.public if signer is not None else None
+        self.verifier = verifier
+        self.rng = rng
+        try:
+            self.schedule = EpochSchedule(tuple(restored.epochs))
+        except ValueError as exc:
+            raise ReplicaUsageError(f"bad epochs: {exc}") from None
+        self.dropped: Counter[str] = Counter()
+        self.view_change_reasons: Counter[str] = Counter()
+        self.evidence: list[Evidence] = []
+        self._evidence_keys: set[tuple[int, bytes, int, int]] = set()
+        self._out_persist: list[tuple[bytes, bytes | None]] = []
+        self._out_messages: list[Outbound] = []
+        self._out_committed: list[CertifiedBlock] = []
+        self._out_stable: list[tuple[int, bytes]] = []
+        self._out_evidence: list[Evidence] = []
+        self._last_ready: Ready | None = None
+        self._handler_map = self._handlers()
+        self._restore(restored)
+
+    # -- restore -----------------------------------------------------------------------
+
+    def _restore(self, r: Restored) -> None:
+        if r.committed_height not in r.state_roots:
+            raise ReplicaUsageError("Restored.state_roots must hold the committed height's root")
+        self.committed_height = r.committed_height
+        self.committed_hash = r.committed_hash
+        self.committed_timestamp_ms = r.committed_timestamp_ms
+        self.executed_height = r.committed_height
+        self.state_roots: dict[int, bytes] = dict(r.state_roots)
+        self.recent: dict[int, tuple[bytes, int]] = {
+            r.committed_height: (r.committed_hash, r.committed_timestamp_ms)
+        }
+        try:
+            loaded = journal_codec.load(r.journal)
+        except journal_codec.JournalError as exc:
+            raise ReplicaUsageError(str(exc)) from None
+        self.view = loaded.entered_view
+        self.changing_view = max(loaded.changing_view, self.view)
+        self.in_view_change = self.changing_view > self.view
+        self.votes: dict[tuple[int, int, int], bytes] = dict(loaded.votes)
+        self.stable_height, self.stable_root = 0, ZERO_HASH
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        if loaded.stable is not None:
+            self.stable_height, self.stable_root, self.stable_proof = loaded.stable
+        self.pcerts: dict[int, PreparedCertificate] = {
+            h: pc for h, pc in loaded.prepared.items() if h > self.stable_height
+        }
+        self.own_checkpoints: dict[int, OwnCheckpoint] = dict(loaded.own_checkpoints)
+        if self.committed_height == 0 and 0 not in self.own_checkpoints:
+            anchor = OwnCheckpoint(r.state_roots[0], r.committed_hash, r.committed_timestamp_ms)
+            self.own_checkpoints[0] = anchor
+            self._persist(
+                journal_codec.checkpoint_key(0), journal_codec.encode_own_checkpoint(anchor)
+            )
+        for h, own in self.own_checkpoints.items():
+            self.recent.setdefault(h, (own.block_hash, own.timestamp_ms))
+        self.slots: dict[int, Slot] = {}
+        self.held: list[PrePrepare] = []
+        self.future: dict[bytes, list[Any]] = {}
+        self.checkpoints: dict[int, dict[bytes, Checkpoint]] = {}
+        self.view_changes: dict[bytes, ViewChange] = {}  # newest valid one per validator
+        self.pending_new_view: NewView | None = None
+        self.last_new_view: NewView | None = None  # ours, as primary of the current view
+        self.peer_heights: dict[bytes, int] = {}
+        self.pending_txs = 0
+        self.ticks = 0
+        self.consecutive_view_changes = 0
+        self.progress_ticks = 0
+        self.timeout_ticks = self._draw_timeout()
+        self.catchup_target = max(self.stable_height, self.committed_height)
+        self.catchup_last_tick = -(10**9)
+        self.catchup_rotation = 0
+        if self.in_view_change:
+            self._send_view_change()
+
+    # -- read-only state ---------------------------------------------------------------
+
+    @property
+    def vset(self) -> ValidatorSet:
+        """The validator set in force for the next height to commit."""
+        return self.schedule.at(self.committed_height + 1)
+
+    @property
+    def primary(self) -> bytes:
+        return self.vset.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.node_id is not None and self.primary == self.node_id
+
+    @property
+    def is_validator(self) -> bool:
+        return self.node_id is not None and self.node_id in self.vset
+
+    @property
+    def catching_up(self) -> bool:
+        return self.catchup_target > self.committed_height
+
+    @property
+    def stable_checkpoint(self) -> tuple[int, bytes]:
+        return self.stable_height, self.stable_root
+
+    @property
+    def high_watermark(self) -> int:
+        return self.stable_height + self.config.window
+
+    @property
+    def counters(self) -> dict[str, int]:
+        out = {f"dropped/{k}": v for k, v in self.dropped.items()}
+        out.update({f"view_change/{k}": v for k, v in self.view_change_reasons.items()})
+        return out
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._out_persist
+            or self._out_messages
+            or self._out_committed
+            or self._out_stable
+            or self._out_evidence
+        )
+
+    def ready(self) -> Ready:
+        self._last_ready = Ready(
+            persist=tuple(self._out_persist),
+            messages=tuple(self._out_messages),
+            committed=tuple(self._out_committed),
+            stable_checkpoints=tuple(self._out_stable),
+            evidence=tuple(self._out_evidence),
+        )
+        return self._last_ready
+
+    def advance(self, ready: Ready) -> None:
+        if ready is not self._last_ready:
+            raise ReplicaUsageError("advance() takes the Ready most recently returned by ready()")
+        del self._out_persist[: len(ready.persist)]
+        del self._out_messages[: len(ready.messages)]
+        del self._out_committed[: len(ready.committed)]
+        del self._out_stable[: len(ready.stable_checkpoints)]
+        del self._out_evidence[: len(ready.evidence)]
+        self._last_ready = None
+
+    def _persist(self, key: bytes, value: bytes | None) -> None:
+        self._out_persist.append((key, value))
+
+    def _send(self, to: bytes | None, message: object) -> None:
+        self._out_messages.append(Outbound(to, message))
+
+    def _broadcast(self, message: object, height: int | None = None) -> None:
+        """To every validator of the current epoch, and of `height`'s epoch if different."""
+        self._send(None, message)
+        if height is None:
+            return
+        other = self.schedule.at(height)
+        current = self.vset
+        if other is not current:
+            for node in other.validators:
+                if node not in current and node != self.node_id:
+                    self._send(node, message)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+    # -- inputs: the node ------------------------------------------------------------------
+
+    def note_pending(self, count: int) -> None:
+        """The node's mempool size: transactions some primary should be proposing."""
+        if type(count) is not int or count < 0:
+            raise ReplicaUsageError("note_pending(count) takes an int >= 0")
+        self.pending_txs = count
+
+    def add_epoch(self, first_height: int, vset: ValidatorSet) -> None:
+        """Membership change: `vset` is in force from `first_height` on."""
+        if not isinstance(vset, ValidatorSet) or type(first_height) is not int:
+            raise ReplicaUsageError("add_epoch(first_height: int, vset: ValidatorSet)")
+        if (first_height - 1) % self.config.checkpoint_interval != 0:
+            raise ReplicaUsageError("an epoch must start just after a checkpoint boundary")
+        if first_height <= self.executed_height + self.config.pipeline_depth:
+            raise ReplicaUsageError(
+                "an epoch must start above executed height + pipeline_depth "
+                "(heights below may already be in flight)"
+            )
+        last_first, last_set = self.schedule.last
+        if first_height <= last_first or vset.epoch <= last_set.epoch:
+            raise ReplicaUsageError("epochs must ascend in first height and epoch number")
+        self.schedule = self.schedule.with_epoch(first_height, vset)
+
+    def executed(self, height: int, state_root: bytes) -> None:
+        """The node applied committed block `height`; `state_root` is the state after it."""
+        if height != self.executed_height + 1 or height > self.committed_height:
+            raise ReplicaUsageError(
+                f"executed({height}) out of order: executed {self.executed_height}, "
+                f"committed {self.committed_height}"
+            )
+        if not isinstance(state_root, bytes) or len(state_root) != len(ZERO_HASH):
+            raise ReplicaUsageError("state_root must be a 32-byte hash")
+        self.executed_height = height
+        self.state_roots[height] = state_root
+        keep_from = height - self.config.pipeline_depth - 1
+        for h in [h for h in self.state_roots if h < keep_from]:
+            del self.state_roots[h]
+        if height % self.config.checkpoint_interval == 0:
+            self._make_checkpoint(height, state_root)
+        self._retry_held()
+        self._try_new_view()
+
+    # -- inputs: peers -----------------------------------------------------------------------
+
+    def step(self, message: object, sender: bytes) -> None:
+        """A decoded message from authenticated peer `sender`. Garbage is dropped and counted."""
+        handler = self._handler_map.get(type(message))
+        if handler is None:
+            self._drop("unknown_type")
+            return
+        try:
+            handler(message, sender)
+        except (TypeError, ValueError, AttributeError, codec.EncodeError):
+            self._drop("malformed")
+
+    def _handlers(self) -> dict[type, Callable[[Any, bytes], None]]:
+        return {
+            PrePrepare: self.on_pre_prepare,
+            Prepare: self.on_prepare,
+            Commit: self.on_commit,
+            Checkpoint: self.on_checkpoint,
+            ViewChange: self.on_view_change,
+            NewView: self.on_new_view,
+            BlockResponse: self.on_block_response,
+            CertifiedBlock: self.on_certified_block,
+            StatusAnnouncement: self.on_status,
+        }
+
+    def tick(self) -> None:
+        self.ticks += 1
+        cfg = self.config
+        if self.ticks % cfg.status_interval_ticks == 0 and self.is_validator:
+            assert self.node_id is not None
+            self._broadcast(StatusAnnouncement(self.committed_height, self.view, self.node_id))
+        if self.catching_up and self.ticks - self.catchup_last_tick >= cfg.catchup_retry_ticks:
+            self._send_block_request()
+        if not self.is_validator:
+            return
+        if self.in_view_change or self._has_work():
+            self.progress_ticks += 1
+            if self.progress_ticks % cfg.retransmit_ticks == 0:
+                self._retransmit()
+            if self.progress_ticks >= self.timeout_ticks:
+                reason = "new_view_timeout" if self.in_view_change else "progress_timeout"
+                self._start_view_change(max(self.view, self.changing_view) + 1, reason)
+        else:
+            self.progress_ticks = 0
+
+    def _has_work(self) -> bool:
+        if self.pending_txs > 0 or self.held:
+            return True
+        return any(s.pre_prepare is not None or s.committed for s in self.slots.values())
+
+    def _draw_timeout(self) -> int:
+        cfg = self.config
+        backoff = min(self.consecutive_view_changes, cfg.view_change_backoff_max)
+        base = cfg.view_change_timeout_ticks << backoff
+        return base + self.rng.randrange(cfg.view_change_timeout_ticks // 2 + 1)
+
+    def _reset_timer(self) -> None:
+        self.progress_ticks = 0
+        self.timeout_ticks = self._draw_timeout()
+
+    def _retransmit(self) -> None:
+        """Re-send own signed votes for the lowest stuck heights (lossy links)."""
+        if self.in_view_change:
+            own = self.view_changes.get(self.node_id or b"")
+            if own is not None:
+                self._broadcast(own)
+            return
+        if self.last_new_view is not None:
+            self._broadcast(self.last_new_view)
+        top = self.committed_height + self.config.pipeline_depth
+        for h in range(self.committed_height + 1, top + 1):
+            slot = self.slots.get(h)
+            if slot is not None:
+                for message in slot.sent:
+                    self._broadcast(message, h)
+
+    # -- windows, buffers, evidence ---------------------------------------------------------
+
+    def _in_window(self, height: int, sender: bytes) -> bool:
+        """Heights above the committed height and at most the high watermark (PBFT §4.2)."""
+        if height <= self.committed_height:
+            self._drop("below_window")
+            return False
+        if height > self.high_watermark:
+            self._drop("above_window")
+            self._note_peer_height(sender, height - self.config.window)
+            return False
+        return True
+
+    def _slot(self, height: int) -> Slot:
+        slot = self.slots.get(height)
+        if slot is None:
+            assert self.committed_height < height <= self.high_watermark
+            slot = self.slots[height] = Slot()
+        return slot
+
+    def _buffer_future(self, message: Any, sender: bytes) -> None:
+        """Keep a message for a view this replica has not entered yet (bounded per peer)."""
+        if sender not in self.vset:
+            self._drop("not_validator")
+            return
+        quota = max(1, self.config.future_messages_max // self.vset.n)
+        queue = self.future.setdefault(sender, [])
+        if len(queue) >= quota:
+            self._drop("future_buffer_full")
+            return
+        queue.append(message)
+
+    def _replay_future(self) -> None:
+        """Deliver buffered messages for the view just entered; forget older ones."""
+        waiting, self.future = self.future, {}
+        for sender, messages in waiting.items():
+            for message in messages:
+                if message.view == self.view:
+                    self.step(message, sender)
+                elif message.view > self.view:
+                    self._buffer_future(message, sender)
+
+    def _add_evidence(self, kind: VoteKind, first: Any, second: Any) -> None:
+        """Two signed votes of one validator for one (view, height, phase) (DESIGN §3)."""
+        key = (int(kind), first.replica, first.view, first.height)
+        if key in self._evidence_keys:
+            self._drop("duplicate_evidence")
+            return
+        if len(self.evidence) >= self.config.evidence_max:
+            self._drop("evidence_full")
+            return
+        ev = Evidence(
+            kind=int(kind),
+            replica=first.replica,
+            view=first.view,
+            height=first.height,
+            first=codec.encode(first),
+            second=codec.encode(second),
+        )
+        self._evidence_keys.add(key)
+        self.evidence.append(ev)
+        self._out_evidence.append(ev)
+
+    def _conflict(self, kind: VoteKind, old: Any, new: Any) -> None:
+        """`new` has the same (replica, view, height) as the accepted `old`."""
+        if _digest_of(old) == _digest_of(new):
+            self._drop("duplicate")
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, new):
+            self._drop("bad_signature")
+            return
+        self._add_evidence(kind, old, new)
+        self._drop("equivocation")
+
+    # -- signing, with the journal's promise ------------------------------------------------
+
+    def _may_sign(self, kind: VoteKind, view: int, height: int, digest: bytes) -> bool:
+        """Never two digests for one (view, height, phase); never vote in a view we left."""
+        if self.signer is None:
+            return False
+        if view < self.changing_view or view != self.view:
+            return False
+        old = self.votes.get((int(kind), view, height))
+        if old is not None and old != digest:
+            self._drop("refused_conflicting_vote")
+            return False
+        return True
+
+    def _record_vote(self, kind: VoteKind, view: int, height: int, digest: bytes) -> None:
+        key = (int(kind), view, height)
+        if key not in self.votes:
+            self.votes[key] = digest
+            self._persist(
+                journal_codec.vote_key(*key), journal_codec.encode_vote(*key, digest=digest)
+            )
+
+    def _sign(self, unsigned: Any) -> Any:
+        assert self.signer is not None
+        return sign(self.signer, self.config.chain_id, unsigned)
+
+    # -- normal case: proposing (PBFT §4.2) ------------------------------------------------
+
+    def _next_height(self) -> int:
+        h = self.committed_height + 1
+        while (slot := self.slots.get(h)) is not None and (
+            slot.pre_prepare is not None or slot.committed is not None
+        ):
+            h += 1
+        return h
+
+    def _parent(self, height: int) -> tuple[bytes, int] | None:
+        """(hash, timestamp) of the block at height-1 this view builds on, if known."""
+        if height - 1 == self.committed_height:
+            return self.committed_hash, self.committed_timestamp_ms
+        slot = self.slots.get(height - 1)
+        if slot is None:
+            return None
+        if slot.committed is not None:
+            hd = slot.committed.block.header
+            return hd.hash(), hd.timestamp_ms
+        if slot.pre_prepare is not None:
+            hd = slot.pre_prepare.block.header
+            return hd.hash(), hd.timestamp_ms
+        return None
+
+    def wants_proposal(self) -> bool:
+        """True when this replica is primary and may propose the next height now."""
+        if self.node_id is None or self.in_view_change or self.catching_up:
+            return False
+        h = self._next_height()
+        if h > self.high_watermark or self.schedule.at(h).primary(self.view) != self.node_id:
+            return False
+        if state_height(h, self.config.pipeline_depth) > self.executed_height:
+            return False
+        if self._parent(h) is None:
+            return False
+        return (int(VoteKind.PRE_PREPARE), self.view, h) not in self.votes
+
+    def propose(self, txs: Sequence[bytes], timestamp_ms: int) -> bool:
+        """Propose a block of `txs` at the next height. True if a pre-prepare went out."""
+        batch = tuple(txs)
+        if any(not isinstance(tx, bytes) for tx in batch):
+            raise ReplicaUsageError("propose() takes a sequence of bytes")
+        if type(timestamp_ms) is not int or timestamp_ms < 0:
+            raise ReplicaUsageError("timestamp_ms must be an int >= 0")
+        if len(batch) > self.config.block_txs_max:
+            raise ReplicaUsageError(f"more than block_txs_max={self.config.block_txs_max} txs")
+        if sum(len(tx) for tx in batch) > self.config.block_bytes_max:
+            raise ReplicaUsageError(f"more than block_bytes_max={self.config.block_bytes_max}")
+        if not self.wants_proposal():
+            return False
+        assert self.node_id is not None
+        h = self._next_height()
+        parent = self._parent(h)
+        assert parent is not None
+        vset = self.schedule.at(h)
+        sh = state_height(h, self.config.pipeline_depth)
+        header = BlockHeader(
+            chain_id=self.config.chain_id,
+            height=h,
+            view=self.view,
+            epoch=vset.epoch,
+            parent_hash=parent[0],
+            tx_root=merkle.root(batch),
+            tx_count=len(batch),
+            state_height=sh,
+            state_root=self.state_roots[sh],
+            proposer=self.node_id,
+            timestamp_ms=max(timestamp_ms, parent[1]),
+            validator_set_hash=vset.hash(),
+        )
+        block = Block(header=header, txs=batch)
+        pp = self._sign(PrePrepare(self.view, h, block, self.node_id, NO_SIGNATURE))
+        self._record_vote(VoteKind.PRE_PREPARE, self.view, h, pp.digest)
+        self._broadcast(pp, h)
+        self._accept_pre_prepare(pp, sent=True)
+        return True
+
+    # -- normal case: pre-prepare, prepare, commit (PBFT §4.2) ------------------------------
+
+    def on_pre_prepare(self, pp: PrePrepare, sender: bytes) -> None:
+        if sender != pp.replica:
+            self._drop("sender_mismatch")
+            return
+        if pp.view < self.view:
+            self._drop("stale_view")
+            return
+        if pp.view > self.view:
+            self._buffer_future(pp, sender)
+            return
+        if self.in_view_change:
+            self._drop("in_view_change")
+            return
+        if not self._in_window(pp.height, sender):
+            return
+        if pp.replica != self.schedule.at(pp.height).primary(pp.view):
+            self._drop("not_primary")
+            return
+        slot = self._slot(pp.height)
+        if slot.pre_prepare is not None:
+            self._conflict(VoteKind.PRE_PREPARE, slot.pre_prepare, pp)
+            return
+        if any(held.height == pp.height for held in self.held):
+            self._drop("duplicate")
+            return
+        bad = self._check_proposal(pp)
+        if bad is not None:
+            self._drop(bad)
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, pp):
+            self._drop("bad_signature")
+            return
+        self._consider_pre_prepare(pp)
+
+    def _check_proposal(self, pp: PrePrepare) -> str | None:
+        """Context-free checks of a normal-case proposal."""
+        hd = pp.block.header
+        if hd.height != pp.height or hd.view != pp.view or hd.proposer != pp.replica:
+            return "bad_header"
+        if hd.state_root == ZERO_HASH:
+            return "null_block_outside_new_view"
+        return check_block(pp.block, self.limits, self.schedule.at(pp.height))
+
+    def _consider_pre_prepare(self, pp: PrePrepare) -> None:
+        """Accept `pp` if its parent and state claim check out; hold it while unknown."""
+        h, hd = pp.height, pp.block.header
+        parent = self._parent(h)
+        sh = hd.state_height
+        if parent is None or sh > self.executed_height:
+            self._hold(pp)
+            return
+        if hd.parent_hash != parent[0]:
+            self._drop("bad_parent")
+            return
+        if hd.timestamp_ms < parent[1]:
+            self._drop("bad_timestamp")
+            return
+        root = self.state_roots.get(sh)
+        if root is None:
+            self._drop("state_unknown")
+            return
+        if hd.state_root != root:
+            self._drop("bad_state_root")
+            return
+        self._accept_pre_prepare(pp)
+
+    def _hold(self, pp: PrePrepare) -> None:
+        if len(self.held) >= self.config.held_pre_prepares_max:
+            self._drop("held_full")
+            return
+        self.held.append(pp)
+
+    def _retry_held(self) -> None:
+        waiting, self.held = self.held, []
+        for pp in waiting:
+            if pp.view != self.view or self.in_view_change or pp.height <= self.committed_height:
+                continue
+            slot = self.slots.get(pp.height)
+            if slot is not None and slot.pre_prepare is not None:
+                continue
+            self._consider_pre_prepare(pp)
+
+    def _accept_pre_prepare(self, pp: PrePrepare, sent: bool = False) -> None:
+        h = pp.height
+        slot = self._slot(h)
+        slot.pre_prepare = pp
+        self._remember_block(slot, pp.block)
+        if sent:
+            slot.sent.append(pp)
+        if self.node_id is not None and self.node_id != pp.replica:
+            self._send_prepare(h, pp)
+        self._check_prepared(h)
+        self._check_committed(h)
+        if any(held.height == h + 1 for held in self.held):
+            self._retry_held()
+
+    def _remember_block(self, slot: Slot, block: Block) -> None:
+        digest = block.hash()
+        if digest in slot.blocks:
+            return
+        if len(slot.blocks) >= BLOCKS_PER_HEIGHT_MAX:
+            del slot.blocks[next(iter(slot.blocks))]
+        slot.blocks[digest] = block
+
+    def _send_prepare(self, h: int, pp: PrePrepare) -> None:
+        assert self.node_id is not None
+        if self.node_id not in self.schedule.at(h):
+            return
+        digest = pp.digest
+        if not self._may_sign(VoteKind.PREPARE, pp.view, h, digest):
+            return
+        prepare = self._sign(Prepare(pp.view, h, digest, self.node_id, NO_SIGNATURE))
+        self._record_vote(VoteKind.PREPARE, pp.view, h, digest)
+        slot = self._slot(h)
+        slot.prepares[self.node_id] = prepare
+        slot.sent.append(prepare)
+        self._broadcast(prepare, h)
+
+    def on_prepare(self, p: Prepare, sender: bytes) -> None:
+        if not self._vote_admissible(p, sender):
+            return
+        slot = self._slot(p.height)
+        old = slot.prepares.get(p.replica)
+        if old is not None:
+            self._conflict(VoteKind.PREPARE, old, p)
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, p):
+            self._drop("bad_signature")
+            return
+        slot.prepares[p.replica] = p
+        self._check_prepared(p.height)
+
+    def _vote_admissible(self, vote: Prepare | Commit, sender: bytes) -> bool:
+        """Common filters of PREPARE and COMMIT: sender, view, window, membership."""
+        if sender != vote.replica:
+            self._drop("sender_mismatch")
+            return False
+        if isinstance(vote, Prepare):
+            if vote.view < self.view:
+                self._drop("stale_view")
+                return False
+            if vote.view > self.view:
+                self._buffer_future(vote, sender)
+                return False
+        if not self._in_window(vote.height, sender):
+            return False
+        if vote.replica not in self.schedule.at(vote.height):
+            self._drop("not_validator")
+            return False
+        return True
+
+    def _check_prepared(self, h: int) -> None:
+        """prepared(m, v, n, i): the pre-prepare and q-1 matching PREPAREs from others."""
+        slot = self.slots.get(h)
+        if slot is None or slot.pre_prepare is None or slot.prepared:
+            return
+        pp = slot.pre_prepare
+        need = self.schedule.at(h).quorum - 1
+        matching = [
+            p for r, p in slot.prepares.items() if p.digest == pp.digest and r != pp.replica
+        ]
+        if len(matching) < need:
+            return
+        vset = self.schedule.at(h)
+        matching.sort(key=lambda p: vset.index(p.replica) or 0)
+        slot.prepared = True
+        self.pcerts[h] = PreparedCertificate(pp, tuple(matching[:need]))
+        self._try_commit(h)
+
+    def _linked(self, h: int) -> bool:
+        """h-1 is committed with hash == parent_hash, or prepared-and-linked with that digest."""
+        slot = self.slots[h]
+        assert slot.pre_prepare is not None
+        parent_hash = slot.pre_prepare.block.header.parent_hash
+        if h - 1 == self.committed_height:
+            return parent_hash == self.committed_hash
+        below = self.slots.get(h - 1)
+        if below is None:
+            return False
+        if below.committed is not None:
+            return below.committed.block.hash() == parent_hash
+        return (
+            below.linked
+            and below.pre_prepare is not None
+            and below.pre_prepare.digest == parent_hash
+        )
+
+    def _try_commit(self, h: int) -> None:
+        """Send COMMIT for h, and for the prepared heights above it that now link."""
+        while True:
+            slot = self.slots.get(h)
+            if slot is None or not slot.prepared or slot.linked or not self._linked(h):
+                return
+            slot.linked = True
+            pp = slot.pre_prepare
+            assert pp is not None
+            if self.node_id is not None and self.node_id in self.schedule.at(h):
+                self._send_commit(h, pp)
+            self._check_committed(h)
+            h += 1
+
+    def _send_commit(self, h: int, pp: PrePrepare) -> None:
+        assert self.node_id is not None
+        digest = pp.digest
+        if not self._may_sign(VoteKind.COMMIT, pp.view, h, digest):
+            return
+        pc = self.pcerts.get(h)
+        if pc is not None:  # persisted before the COMMIT leaves (journal_codec)
+            self._persist(journal_codec.prepared_key(h), journal_codec.encode_prepared(pc))
+        commit = self._sign(Commit(pp.view, h, digest, self.node_id, NO_SIGNATURE))
+        self._record_vote(VoteKind.COMMIT, pp.view, h, digest)
+        slot = self._slot(h)
+        slot.commits[self.node_id] = commit
+        slot.sent.append(commit)
+        self._broadcast(commit, h)
+
+    def on_commit(self, c: Commit, sender: bytes) -> None:
+        """COMMITs count in any view: q for one (view, digest) commit h (PBFT §4.2)."""
+        if not self._vote_admissible(c, sender):
+            return
+        slot = self._slot(c.height)
+        old = slot.commits.get(c.replica)
+        if old is not None and old.view == c.view:
+            self._conflict(VoteKind.COMMIT, old, c)
+            return
+        if old is not None and old.view > c.view:
+            self._drop("stale_view")
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, c):
+            self._drop("bad_signature")
+            return
+        slot.commits[c.replica] = c
+        self._check_committed(c.height)
+
+    def _check_committed(self, h: int) -> None:
+        """committed-local: q matching COMMITs and the block they name."""
+        slot = self.slots.get(h)
+        if slot is None or slot.committed is not None:
+            return
+        vset = self.schedule.at(h)
+        groups: Counter[tuple[int, bytes]] = Counter(
+            (c.view, c.digest) for c in slot.commits.values()
+        )
+        for (view, digest), count in groups.items():
+            if count < vset.quorum:
+                continue
+            block = slot.blocks.get(digest) or self._future_block(view, h, digest)
+            if block is None:
+                continue
+            signers = sorted(
+                (c for c in slot.commits.values() if c.view == view and c.digest == digest),
+                key=lambda c: vset.index(c.replica) or 0,
+            )[: vset.quorum]
+            cert = CommitCertificate(
+                view=view,
+                height=h,
+                digest=digest,
+                epoch=vset.epoch,
+                signatures=tuple(CommitSignature(c.replica, c.signature) for c in signers),
+            )
+            slot.committed = CertifiedBlock(block=block, certificate=cert)
+            self._deliver()
+            return
+
+    def _future_block(self, view: int, h: int, digest: bytes) -> Block | None:
+        """A block named by q COMMITs of a view not entered yet, from a buffered pre-prepare."""
+        primary = self.schedule.at(h).primary(view)
+        for message in self.future.get(primary, []):
+            if (
+                isinstance(message, PrePrepare)
+                and message.view == view
+                and message.height == h
+                and message.digest == digest
+                and signature_ok(self.verifier, self.config.chain_id, message)
+            ):
+                return message.block
+        return None
+
+    def _deliver(self) -> None:
+        """Hand committed-local blocks to the node, strictly in height order."""
+        while (slot := self.slots.get(self.committed_height + 1)) is not None:
+            cb = slot.committed
+            if cb is None:
+                return
+            if cb.block.header.parent_hash != self.committed_hash:
+                # q COMMITs for a block that does not link: more than f faulty validators
+                self._drop("unlinked_commit")
+                slot.committed = None
+                return
+            self._commit_block(cb)
+
+    def _commit_block(self, cb: CertifiedBlock) -> None:
+        h = cb.block.height
+        assert h == self.committed_height + 1
+        hd = cb.block.header
+        self.committed_height = h
+        self.committed_hash = hd.hash()
+        self.committed_timestamp_ms = hd.timestamp_ms
+        self.recent[h] = (self.committed_hash, hd.timestamp_ms)
+        if len(self.recent) > RECENT_HASHES_MAX:
+            del self.recent[min(self.recent)]
+        self._out_committed.append(cb)
+        self.slots.pop(h, None)
+        self.consecutive_view_changes = 0
+        self._reset_timer()
+        self._try_commit(h + 1)
+        self._retry_held()
+        if self.pending_new_view is not None:
+            nv, self.pending_new_view = self.pending_new_view, None
+            self.on_new_view(nv, nv.replica)
+        self._try_new_view()
+
+    # -- checkpoints (PBFT §4.3) ----------------------------------------------------------
+
+    def _make_checkpoint(self, height: int, root: bytes) -> None:
+        block_hash, ts = self.recent[height]
+        own = OwnCheckpoint(root, block_hash, ts)
+        self.own_checkpoints[height] = own
+        self._persist(
+            journal_codec.checkpoint_key(height), journal_codec.encode_own_checkpoint(own)
+        )
+        if self.node_id is not None and self.node_id in self.schedule.at(height):
+            c = self._sign(Checkpoint(height, root, self.node_id, NO_SIGNATURE))
+            self.checkpoints.setdefault(height, {})[self.node_id] = c
+            self._broadcast(c, height)
+        self._check_stable(height)
+
+    def on_checkpoint(self, c: Checkpoint, sender: bytes) -> None:
+        if sender != c.replica:
+            self._drop("sender_mismatch")
+            return
+        h = c.height
+        if h % self.config.checkpoint_interval != 0 or h <= self.stable_height:
+            self._drop("stale_checkpoint")
+            return
+        if h > self.high_watermark + self.config.window:
+            self._drop("above_window")
+            self._note_peer_height(sender, h)
+            return
+        if c.replica not in self.schedule.at(h):
+            self._drop("not_validator")
+            return
+        votes = self.checkpoints.setdefault(h, {})
+        if c.replica in votes:
+            self._drop("duplicate")
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, c):
+            self._drop("bad_signature")
+            return
+        votes[c.replica] = c
+        self._check_stable(h)
+        matching = Counter(v.state_root for v in votes.values())
+        if h > self.executed_height and max(matching.values()) > self.schedule.at(h).f:
+            self._behind(h)
+
+    def _check_stable(self, h: int) -> None:
+        own = self.own_checkpoints.get(h)
+        if own is None or h <= self.stable_height:
+            return
+        vset = self.schedule.at(h)
+        votes = [c for c in self.checkpoints.get(h, {}).values() if c.state_root == own.state_root]
+        if len(votes) < vset.quorum:
+            return
+        votes.sort(key=lambda c: vset.index(c.replica) or 0)
+        self._make_stable(h, own.state_root, tuple(votes[: vset.quorum]))
+
+    def _make_stable(self, h: int, root: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        """Move the low watermark to h and garbage-collect below it."""
+        previous = self.stable_height
+        self.stable_height, self.stable_root, self.stable_proof = h, root, proof
+        self._persist(journal_codec.STABLE_KEY, journal_codec.encode_stable(h, root, proof))
+        self._out_stable.append((h, root))
+        for k in [k for k in self.checkpoints if k <= h]:
+            del self.checkpoints[k]
+        for k in [k for k in self.pcerts if k <= h]:
+            del self.pcerts[k]
+            self._persist(journal_codec.prepared_key(k), None)
+        for key in [key for key in self.votes if key[2] <= h]:
+            del self.votes[key]
+            self._persist(journal_codec.vote_key(*key), None)
+        for k in [k for k in self.own_checkpoints if k < previous]:
+            del self.own_checkpoints[k]
+            self._persist(journal_codec.checkpoint_key(k), None)
+        for k in [k for k in self.recent if k < previous]:
+            del self.recent[k]
+
+    # -- view change (PBFT §4.4) --------------------------------------------------------------
+
+    def _start_view_change(self, new_view: int, reason: str) -> None:
+        if new_view <= max(self.view, self.changing_view if self.in_view_change else 0):
+            return
+        self.view_change_reasons[reason] += 1
+        self.in_view_change = True
+        self.changing_view = new_view
+        self.consecutive_view_changes += 1
+        self._persist(journal_codec.CHANGING_KEY, journal_codec.encode_view(new_view))
+        self._reset_timer()
+        self.held = []
+        self._send_view_change()
+        self._try_new_view()
+
+    def _send_view_change(self) -> None:
+        if self.node_id is None or self.node_id not in self.vset:
+            return
+        prepared = tuple(self.pcerts[h] for h in sorted(self.pcerts) if h > self.stable_height)
+        vc = self._sign(
+            ViewChange(
+                new_view=self.changing_view,
+                stable_height=self.stable_height,
+                checkpoint_proof=self.stable_proof,
+                prepared=prepared[:MAX_PREPARED_IN_VIEW_CHANGE],
+                replica=self.node_id,
+                signature=NO_SIGNATURE,
+            )
+        )
+        self.view_changes[self.node_id] = vc
+        self._broadcast(vc)
+
+    def on_view_change(self, vc: ViewChange, sender: bytes) -> None:
+        if sender != vc.replica:
+            self._drop("sender_mismatch")
+            return
+        if vc.replica not in self.vset:
+            self._drop("not_validator")
+            return
+        if vc.new_view <= self.view:
+            self._drop("stale_view")
+            if self.last_new_view is not None and self.last_new_view.view >= vc.new_view:
+                self._send(sender, self.last_new_view)  # help a replica left behind
+            return
+        old = self.view_changes.get(vc.replica)
+        if old is not None and old.new_view >= vc.new_view:
+            self._drop("duplicate" if old == vc else "stale_view")
+            return
+        bad = self._check_view_change(vc)
+        if bad is not None:
+            self._drop(bad)
+            return
+        self.view_changes[vc.replica] = vc
+        self._join_higher_views()
+        self._try_new_view()
+
+    def _check_view_change(self, vc: ViewChange) -> str | None:
+        """A VIEW-CHANGE's signature, checkpoint proof and prepared certificates."""
+        cfg = self.config
+        if vc.stable_height % cfg.checkpoint_interval != 0:
+            return "bad_view_change"
+        if not signature_ok(self.verifier, cfg.chain_id, vc):
+            return "bad_signature"
+        vset_at = self.schedule.at
+        proof = verify_checkpoint_proof(
+            vc.stable_height, vc.checkpoint_proof, vset_at(vc.stable_height), cfg.chain_id,
+            self.verifier,
+        )  # fmt: skip
+        if proof is None:
+            return "bad_checkpoint_proof"
+        last = vc.stable_height
+        for pc in vc.prepared:
+            h = pc.pre_prepare.height
+            if h <= last or h > vc.stable_height + cfg.window or pc.pre_prepare.view >= vc.new_view:
+                return "bad_view_change"
+            bad = verify_prepared_certificate(pc, self.limits, vset_at(h), self.verifier)
+            if bad is not None:
+                return bad
+            last = h
+        return None
+
+    def _join_higher_views(self) -> None:
+        """f+1 VIEW-CHANGEs for views above ours: join the smallest (PBFT §4.5.2)."""
+        floor = max(self.view, self.changing_view if self.in_view_change else self.view)
+        higher = sorted(vc.new_view for vc in self.view_changes.values() if vc.new_view > floor)
+        if len(higher) > self.vset.f:
+            self._start_view_change(higher[0], "joined_f_plus_1")
+
+    def _try_new_view(self) -> None:
+        """As the primary of the view being changed to, send NEW-VIEW once q agree."""
+        if not self.in_view_change or self.node_id is None:
+            return
+        w = self.changing_view
+        vset = self.vset
+        if vset.primary(w) != self.node_id:
+            return
+        vcs = [vc for vc in self.view_changes.values() if vc.new_view == w]
+        if len(vcs) < vset.quorum:
+            return
+        vcs.sort(key=lambda vc: (vc.replica != self.node_id, vset.index(vc.replica) or 0))
+        chosen = tuple(vcs[: vset.quorum])
+        blocks = self._derive(chosen, w)
+        if blocks is None:
+            return
+        pps = []
+        for block in blocks:
+            pp = self._sign(PrePrepare(w, block.height, block, self.node_id, NO_SIGNATURE))
+            pps.append(pp)
+        nv = self._sign(NewView(w, chosen, tuple(pps), self.node_id, NO_SIGNATURE))
+        self._broadcast(nv)
+        self._enter_view(nv)
+
+    def _derive(self, vcs: Sequence[ViewChange], w: int) -> list[Block] | None:
+        """O for new view w, or None when this replica lacks the base block (then catch up)."""
+        base = base_height(vcs)
+        if base > self.committed_height:
+            self._behind(base)
+            return None
+        anchor = self.recent.get(base)
+        if anchor is None:
+            self._drop("new_view_base_unknown")
+            return None
+        return derive_blocks(vcs, w, anchor[0], anchor[1], self.limits, self.schedule.at)
+
+    def on_new_view(self, nv: NewView, sender: bytes) -> None:
+        if sender != nv.replica:
+            self._drop("sender_mismatch")
+            return
+        if nv.view <= self.view or (self.in_view_change and nv.view < self.changing_view):
+            self._drop("stale_view")  # never back to a view below one we asked to leave
+            return
+        vset = self.vset
+        if nv.replica != vset.primary(nv.view):
+            self._drop("not_primary")
+            return
+        if not signature_ok(self.verifier, self.config.chain_id, nv):
+            self._drop("bad_signature")
+            return
+        bad = self._check_new_view_votes(nv, vset)
+        if bad is not None:
+            self._drop(bad)
+            return
+        base = base_height(nv.view_changes)
+        if base > self.committed_height:
+            self.pending_new_view = nv
+            self._behind(base)
+            return
+        blocks = self._derive(nv.view_changes, nv.view)
+        if blocks is None:
+            return
+        if not self._same_blocks(nv, blocks):
+            self._drop("bad_new_view")
+            self._start_view_change(nv.view + 1, "bad_new_view")
+            return
+        self._adopt_checkpoint(nv.view_changes)
+        self._enter_view(nv)
+
+    def _check_new_view_votes(self, nv: NewView, vset: ValidatorSet) -> str | None:
+        seen: set[bytes] = set()
+        for vc in nv.view_changes:
+            if vc.new_view != nv.view or vc.replica not in vset or vc.replica in seen:
+                return "bad_new_view"
+            if self.view_changes.get(vc.replica) != vc:  # not already checked on receipt
+                bad = self._check_view_change(vc)
+                if bad is not None:
+                    return bad
+            seen.add(vc.replica)
+        if len(seen) < vset.quorum:
+            return "bad_new_view"
+        return None
+
+    def _same_blocks(self, nv: NewView, blocks: list[Block]) -> bool:
+        """The NEW-VIEW's O is exactly what we derive, each signed by its primary."""
+        if len(nv.pre_prepares) != len(blocks):
+            return False
+        for pp, block in zip(nv.pre_prepares, blocks, strict=True):
+            if pp.view != nv.view or pp.replica != nv.replica or pp.height != block.height:
+                return False
+            if pp.block.header != block.header or pp.block.txs != block.txs:
+                return False
+            if not signature_ok(self.verifier, self.config.chain_id, pp):
+                return False
+        return True
+
+    def _adopt_checkpoint(self, vcs: Sequence[ViewChange]) -> None:
+        """Take a higher stable checkpoint proven in the NEW-VIEW if our state agrees."""
+        best = max(vcs, key=lambda vc: vc.stable_height)
+        h = best.stable_height
+        own = self.own_checkpoints.get(h)
+        if (
+            h > self.stable_height
+            and own is not None
+            and best.checkpoint_proof
+            and best.checkpoint_proof[0].state_root == own.state_root
+        ):
+            self._make_stable(h, own.state_root, best.checkpoint_proof)
+
+    def _enter_view(self, nv: NewView) -> None:
+        """Start view nv.view with the NEW-VIEW's pre-prepares (already verified)."""
+        w = nv.view
+        self.last_new_view = nv if nv.replica == self.node_id else None
+        self.view = w
+        self.changing_view = w
+        self.in_view_change = False
+        self._persist(journal_codec.ENTERED_KEY, journal_codec.encode_view(w))
+        for key in [key for key in self.votes if key[1] < w]:
+            del self.votes[key]
+            self._persist(journal_codec.vote_key(*key), None)
+        for slot in self.slots.values():
+            slot.new_view()
+        self.held = []
+        self.view_changes = {r: vc for r, vc in self.view_changes.items() if vc.new_view > w}
+        self._reset_timer()
+        mine = nv.replica == self.node_id
+        for pp in nv.pre_prepares:
+            if pp.height <= self.committed_height:
+                continue
+            if pp.height > self.high_watermark:
+                break
+            if mine:
+                self._record_vote(VoteKind.PRE_PREPARE, w, pp.height, pp.digest)
+            self._accept_pre_prepare(pp, sent=mine)
+        self._replay_future()
+
+    # -- catch-up ---------------------------------------------------------------------------
+
+    def _note_peer_height(self, peer: bytes, height: int) -> None:
+        if peer not in self.vset:
+            return
+        if height > self.peer_heights.get(peer, 0):
+            self.peer_heights[peer] = height
+        heights = sorted(self.peer_heights.values(), reverse=True)
+        f = self.vset.f
+        if len(heights) > f and heights[f] > self.committed_height + self.config.pipeline_depth:
+            self._behind(heights[f])
+
+    def on_status(self, sa: StatusAnnouncement, sender: bytes) -> None:
+        if sender != sa.replica:
+            self._drop("sender_mismatch")
+            return
+        if sa.replica not in self.vset:
+            self._drop("not_validator")
+            return
+        self._note_peer_height(sa.replica, sa.height)
+
+    def _behind(self, height: int) -> None:
+        """Evidence that the cluster committed up to `height`: fetch what we miss."""
+        if height <= self.catchup_target:
+            return
+        self.catchup_target = height
+        if self.ticks - self.catchup_last_tick >= self.config.catchup_retry_ticks:
+            self._send_block_request()
+
+    def _send_block_request(self) -> None:
+        peers = [p for p in self.vset.validators if p != self.node_id]
+        if not peers:
+            return
+        first = self.committed_height + 1
+        ahead = [p for p in peers if self.peer_heights.get(p, 0) >= first] or peers
+        peer = ahead[self.catchup_rotation % len(ahead)]
+        self.catchup_rotation += 1
+        last = min(self.catchup_target, first + self.config.catchup_blocks_max - 1)
+        self.catchup_last_tick = self.ticks
+        self._send(peer, BlockRequest(first, max(first, last)))
+
+    def on_block_response(self, response: BlockResponse, sender: bytes) -> None:
+        progressed = False
+        for cb in response.blocks:
+            h = cb.block.height
+            if h <= self.committed_height:
+                continue
+            if not self._accept_certified(cb):
+                break
+            progressed = True
+        if progressed and self.catching_up:
+            self._send_block_request()
+
+    def on_certified_block(self, cb: CertifiedBlock, sender: bytes) -> None:
+        """A committed block gossiped by a peer (observers follow the chain this way)."""
+        h = cb.block.height
+        if h <= self.committed_height:
+            self._drop("below_window")
+            return
+        if h == self.committed_height + 1:
+            self._accept_certified(cb)
+            return
+        bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
+        if bad is not None:
+            self._drop(bad)
+            return
+        self._behind(h)
+
+    def _accept_certified(self, cb: CertifiedBlock) -> bool:
+        """Commit the next height from a certificate (catch-up); False if it does not check."""
+        h = cb.block.height
+        if h != self.committed_height + 1:
+            self._drop("catchup_gap")
+            return False
+        if h > self.executed_height + self.config.catchup_blocks_max:
+            self._drop("catchup_ahead_of_execution")
+            return False
+        hd = cb.block.header
+        if hd.parent_hash != self.committed_hash or hd.timestamp_ms < self.committed_timestamp_ms:
+            self._drop("catchup_bad_parent")
+            return False
+        root = self.state_roots.get(hd.state_height)
+        if root is not None and hd.state_root not in (root, ZERO_HASH):
+            self._drop("catchup_bad_state_root")
+            return False
+        bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
+        if bad is not None:
+            self._drop(bad)
+            return False
+        self._commit_block(cb)
+        return True
+
+
+def _digest_of(vote: Any) -> bytes:
+    if isinstance(vote, PrePrepare):
+        return vote.digest
+    digest: bytes = vote.digest
+    return digest
