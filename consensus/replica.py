@@ -69,11 +69,10 @@ this API raises `ReplicaUsageError`; broken invariants are assertions.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from consensus import codec, journal_codec, merkle
 from consensus.certificates import (
@@ -125,6 +124,12 @@ __all__ = [
 
 BLOCKS_PER_HEIGHT_MAX = 4  # candidate blocks remembered per height (one per view tried)
 RECENT_HASHES_MAX = 4096  # committed (hash, timestamp) kept above the stable checkpoint
+
+
+class Rng(Protocol):
+    """The part of `random.Random` the replica uses (timer jitter); injected for determinism."""
+
+    def randrange(self, stop: int, /) -> int: ...
 
 
 class ReplicaUsageError(Exception):
@@ -232,7 +237,7 @@ class Replica:
         restored: Restored,
         signer: Signer | None,
         verifier: Verifier,
-        rng: random.Random,
+        rng: Rng,
     ) -> None:
         if not isinstance(config, ReplicaConfig) or not isinstance(restored, Restored):
             raise ReplicaUsageError("Replica(config: ReplicaConfig, restored: Restored, ...)")
