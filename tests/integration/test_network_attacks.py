@@ -43,9 +43,9 @@ async def honest(nursery: trio.Nursery) -> AsyncIterator[Cluster]:
 
 async def evil_session(port: int, key: SigningKey, chain: str = CHAIN):  # type: ignore[no-untyped-def]
     """A raw client that completes the handshake, then sends whatever the test wants."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
     frames = FrameReader(AUTH_BYTES + 16)
     with trio.fail_after(WAIT_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
         _peer, cipher = await handshake(stream, frames, key, chain, True, AeadCipher)
     return stream, cipher
 
