@@ -230,9 +230,9 @@ class Node:
             dropped = getattr(r, "dropped", None)
             if dropped is not None:
                 out["messages_dropped_total"] = dict(dropped)
-            vcs = getattr(r, "view_changes", None)
-            if vcs is not None:
-                out["view_changes_total"] = dict(vcs)
+            reasons = getattr(r, "view_change_reasons", None)
+            if reasons is not None:
+                out["view_changes_total"] = dict(reasons)
             return out
 
         self.metrics.add_layer("net", read_net, "Network layer counter (see docs/metrics.md).")
@@ -359,8 +359,7 @@ class Node:
             self.network.send(to, Channel.CONSENSUS, payload)
 
     def replica_validators(self) -> tuple[bytes, ...]:
-        vset = getattr(self.replica, "validator_set", None)
-        return tuple(vset.validators) if vset is not None else tuple(self.vset.validators)
+        return tuple(self.replica.vset.validators)
 
     async def _apply_block(self, cb: CertifiedBlock) -> bytes:
         started = time.perf_counter()
@@ -536,7 +535,7 @@ class Node:
             "validators": len(vals),
             "is_validator": self.node_id in vals,
             "primary": vals[view % len(vals)].hex(),
-            "epoch": getattr(getattr(r, "validator_set", None), "epoch", 0),
+            "epoch": r.vset.epoch,
             "txs_committed": self.txs_committed,
             "mempool_size": self.mempool.size,
             "mempool_bytes": self.mempool.bytes,
@@ -595,17 +594,14 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 async def _serve_until_signal(node: Node) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run the node; the first SIGTERM/SIGINT cancels it (graceful: stores close cleanly)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-
-            async def watch() -> None:
-                async for sig in signals:
-                    log.info("shutting down", extra={"signal": signal.Signals(sig).name})
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch)
+            async for sig in signals:
+                log.info("shutting down", extra={"signal": signal.Signals(sig).name})
+                nursery.cancel_scope.cancel()
+                break
 
 
 def run(config: Any) -> int:
