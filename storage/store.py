@@ -620,6 +620,28 @@ class ChainStore:
         return versions
 
 
+def destroy(path: str | os.PathLike[str]) -> None:
+    """Delete the chain store at `path` (what `redwood repair` does before re-syncing).
+
+    Refuses with StoreError while another process has the store open. Files
+    that are not LevelDB's are left alone. Extension of docs/interfaces.md.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        plyvel.destroy_db(str(path))
+    except plyvel.IOError as exc:
+        if "lock" in str(exc).lower():
+            raise StoreError(
+                f"chain store {path} is locked: another process (is the node running?) has "
+                f"it open. Stop it first. ({exc})"
+            ) from None
+        raise StoreError(f"chain store {path} cannot be deleted: {exc}") from None
+    except plyvel.Error as exc:
+        raise StoreError(f"chain store {path} cannot be deleted: {exc}") from None
+
+
 # -- module helpers --------------------------------------------------------------
 
 

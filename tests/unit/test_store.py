@@ -22,6 +22,7 @@ from storage.store import (
     StateWrite,
     StoreError,
     TxLocation,
+    destroy,
 )
 from tests.unit.crash_writer import GENESIS_HASH, make_block, make_tx
 
@@ -516,3 +517,17 @@ def test_leveldb_errors_at_run_time_become_store_errors(
     finally:
         store._db = real
     assert store.head_height() == 0
+
+
+def test_destroy_drops_the_store_but_not_while_it_is_open(path: pathlib.Path) -> None:
+    store = ChainStore.open(path, genesis_hash=GENESIS_HASH)
+    commit_chain(store, 3)
+    with pytest.raises(StoreError, match="locked"):
+        destroy(path)
+    store.close()
+    with ChainStore.open(path) as reopened:  # the refused destroy left it intact
+        assert reopened.head_height() == 3
+    destroy(path)
+    destroy(path)  # nothing there: nothing to do
+    with ChainStore.open(path, genesis_hash=sha256(b"a new chain")) as fresh:
+        assert fresh.head_height() == 0
