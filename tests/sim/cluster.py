@@ -59,7 +59,7 @@ class SimOptions:
     use_codec: bool = False  # every payload travels as bytes through consensus.codec
     real_crypto: bool = False
     fault_ms: int = 10_000
-    liveness_bound_ms: int = 60_000
+    liveness_bound_ms: int | None = None  # None: derived from the view-change timeouts
     liveness_blocks: int = 2
     crash_probability: float = 0.0  # per node per fault tick
     down_ms_min: int = 200
@@ -455,8 +455,25 @@ class Cluster:
         o = self.options
         self.run_until(lambda: False, o.fault_ms)
         self.heal()
-        self.check_liveness(o.liveness_blocks, o.liveness_bound_ms)
+        self.check_liveness(o.liveness_blocks, o.liveness_bound_ms or self.liveness_bound_ms())
         return self.result()
+
+    def liveness_bound_ms(self) -> int:
+        """Generous: three of the longest view-change timeouts (full back-off, slowest clock)
+        plus 30 s, so a replica that backed off during the faults has time to rejoin."""
+        o = self.options
+        backoff_max = getattr(self._config_defaults(), "view_change_backoff_max", 5)
+        longest_ms = (
+            o.view_change_timeout_ticks * 2**backoff_max * max(n.tick_ms for n in self.nodes)
+        )
+        return 3 * longest_ms + 30_000
+
+    def _config_defaults(self) -> Any:
+        try:
+            from consensus.replica import ReplicaConfig
+        except ImportError:
+            return None
+        return ReplicaConfig(chain_id=CHAIN_ID)
 
     def check_liveness(self, blocks: int, bound_ms: int) -> None:
         """Every correct replica commits `blocks` beyond today's best correct height in time."""
