@@ -24,10 +24,15 @@ class KeyFileError(Exception):
 
 
 def write_key(path: str | os.PathLike[str], key: SigningKey, *, overwrite: bool = False) -> None:
-    """Write `key` to `path` atomically (temp file, fsync, rename) with mode 0600."""
+    """Write `key` to `path` atomically (temp file, fsync, rename) with mode 0600.
+
+    Without `overwrite`, an existing key is never replaced, not even one that
+    appears while this one is written (the temp file is hard-linked into place).
+    """
     path = Path(path)
+    exists = KeyFileError(f"{path}: already exists; refusing to overwrite a key")
     if path.exists() and not overwrite:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
+        raise exists
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"type": "ed25519", "seed": key.seed.hex(), "public": key.public.hex()})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-", suffix=".tmp")
@@ -37,10 +42,18 @@ def write_key(path: str | os.PathLike[str], key: SigningKey, *, overwrite: bool 
             f.write(body + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if a key appeared meanwhile: never replaces one
+    except FileExistsError:
+        raise exists from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        if not overwrite:
+            Path(tmp).unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

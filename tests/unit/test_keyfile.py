@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import stat
+import tempfile
 
 import pytest
 
@@ -63,23 +64,48 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: pathlib.Path, key: SigningK
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("failing", ["fsync", "replace"])
-def test_a_failed_write_leaves_the_old_key_and_no_temp_file(
-    tmp_path: pathlib.Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch, failing: str
+def test_a_key_that_appears_during_the_write_is_not_replaced(
+    tmp_path: pathlib.Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "node_key"
-    write_key(path, key)
-    before = path.read_bytes()
+    real_mkstemp = tempfile.mkstemp
+
+    def racing_mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        path.write_text("another process's key")  # created after the exists() check
+        return real_mkstemp(*args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkstemp", racing_mkstemp)
+    with pytest.raises(KeyFileError, match="already exists"):
+        write_key(path, key)
+    assert path.read_text() == "another process's key"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node_key"]
+
+
+@pytest.mark.parametrize(
+    ("failing", "overwrite"),
+    [("fsync", True), ("replace", True), ("fsync", False), ("link", False)],
+)
+def test_a_failed_write_leaves_the_old_state_and_no_temp_file(
+    tmp_path: pathlib.Path,
+    key: SigningKey,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+    overwrite: bool,
+) -> None:
+    old = tmp_path / "old_key"
+    write_key(old, key)
+    before = old.read_bytes()
+    target = old if overwrite else tmp_path / "new_key"
 
     def fail(*args: object) -> None:
         raise OSError("disk on fire")
 
     monkeypatch.setattr(os, failing, fail)
     with pytest.raises(OSError, match="disk on fire"):
-        write_key(path, SigningKey(bytes(32)), overwrite=True)
+        write_key(target, SigningKey(bytes(32)), overwrite=overwrite)
     monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["node_key"]
+    assert old.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old_key"]
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o700 | 0o007])
