@@ -407,12 +407,18 @@ def test_garbage_records_read_later_raise_store_error(path: pathlib.Path) -> Non
         blocks = commit_chain(s, 40)  # block 1 is below the blocks checked at open
     db = raw_db(path)
     db.put(b"s/k", b"\x01")
+    db.put(b"s/k2", _u64(5))  # points at a version that does not exist
+    db.put(b"v/\x00\x02k3" + _u64(1), b"\x00")  # a version entry too short to parse
+    db.put(b"s/k3", _u64(1))
     db.put(b"b/" + _u64(1), b"junk")
     db.put(b"t/" + tx_hash(blocks[1].block.txs[0]), b"\x00" * 24)
     db.close()
     with ChainStore.open(path) as s:  # head checks pass: the damage is elsewhere
         for read in (
             lambda: s.get_record(b"k"),
+            lambda: s.get_record(b"k2"),
+            lambda: s.get_record(b"k3"),
+            lambda: s.record_history(b"k3"),
             lambda: s.get_block(1),
             lambda: s.get_tx(tx_hash(blocks[1].block.txs[0])),
         ):
