@@ -348,6 +348,18 @@ class Replica:
         return self.stable_height, self.stable_root
 
     @property
+    def accept_limit(self) -> int:
+        """The highest height whose messages are kept.
+
+        PBFT's H = h + L, except that a replica which fetched blocks by catch-up
+        counts its own last checkpoint height as h until the cluster's next
+        checkpoint becomes stable for it too (it has no proof for the old one).
+        """
+        interval = self.config.checkpoint_interval
+        floor = self.committed_height - self.committed_height % interval
+        return max(self.stable_height, floor) + self.config.window
+
+    @property
     def high_watermark(self) -> int:
         return self.stable_height + self.config.window
 
@@ -536,7 +548,7 @@ class Replica:
         if height <= self.committed_height:
             self._drop("below_window")
             return False
-        if height > self.high_watermark:
+        if height > self.accept_limit:
             self._drop("above_window")
             self._note_peer_height(sender, height - self.config.window)
             return False
@@ -545,7 +557,7 @@ class Replica:
     def _slot(self, height: int) -> Slot:
         slot = self.slots.get(height)
         if slot is None:
-            assert self.committed_height < height <= self.high_watermark
+            assert self.committed_height < height <= self.accept_limit
             slot = self.slots[height] = Slot()
         return slot
 
@@ -1044,7 +1056,7 @@ class Replica:
         if h % self.config.checkpoint_interval != 0 or h <= self.stable_height:
             self._drop("stale_checkpoint")
             return
-        if h > self.high_watermark + self.config.window:
+        if h > self.accept_limit + self.config.window:
             self._drop("above_window")
             self._note_peer_height(sender, h)
             return
@@ -1238,6 +1250,12 @@ class Replica:
             self._drop(bad)
             return
         base = base_height(nv.view_changes)
+        top = max([base, *(pp.height for pp in nv.pre_prepares)])
+        if top <= self.committed_height:
+            # O lies entirely below our committed chain: nothing in it is ours to
+            # adopt, and the q VIEW-CHANGEs alone establish the view.
+            self._enter_view(nv)
+            return
         if base > self.committed_height:
             self.pending_new_view = nv
             self._behind(base)
@@ -1312,7 +1330,7 @@ class Replica:
         for pp in nv.pre_prepares:
             if pp.height <= self.committed_height:
                 continue
-            if pp.height > self.high_watermark:
+            if pp.height > self.accept_limit:
                 break
             if mine:
                 self._record_vote(VoteKind.PRE_PREPARE, w, pp.height, pp.digest)

@@ -28,6 +28,7 @@ class ValidatorSet:
     epoch: int
     validators: tuple[bytes, ...]
     _index: dict[bytes, int] = field(init=False, repr=False, compare=False, hash=False)
+    _hash: bytes = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if type(self.epoch) is not int or self.epoch < 0:
@@ -41,6 +42,8 @@ class ValidatorSet:
             raise ValueError("validator ids must be distinct")
         object.__setattr__(self, "validators", vals)
         object.__setattr__(self, "_index", {v: i for i, v in enumerate(vals)})
+        packed = codec.pack(["redwood/validator-set/v1", self.epoch, list(vals)])
+        object.__setattr__(self, "_hash", sha256(packed))
 
     @property
     def n(self) -> int:
@@ -65,7 +68,7 @@ class ValidatorSet:
 
     def hash(self) -> bytes:
         """What block headers carry as `validator_set_hash`."""
-        return sha256(codec.pack(["redwood/validator-set/v1", self.epoch, list(self.validators)]))
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class EpochSchedule:
 
     def at(self, height: int) -> ValidatorSet:
         """The set in force at `height` (height 0, genesis, belongs to the first epoch)."""
+        if len(self.epochs) == 1:
+            return self.epochs[0][1]
         firsts = [h for h, _ in self.epochs]
         i = bisect.bisect_right(firsts, max(1, height)) - 1
         return self.epochs[i][1]
