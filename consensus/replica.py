@@ -305,7 +305,7 @@ class Replica:
         self.held: list[PrePrepare] = []
         self.future: dict[bytes, list[Any]] = {}
         self.checkpoints: dict[int, dict[bytes, Checkpoint]] = {}
-        self.view_changes: dict[bytes, ViewChange] = {}  # newest valid one per validator
+        self.vc_messages: dict[bytes, ViewChange] = {}  # newest valid one per validator
         self.pending_new_view: NewView | None = None
         self.last_new_view: NewView | None = None  # ours, as primary of the current view
         self.peer_heights: dict[bytes, int] = {}
@@ -362,6 +362,11 @@ class Replica:
     @property
     def high_watermark(self) -> int:
         return self.stable_height + self.config.window
+
+    @property
+    def inflight_heights(self) -> int:
+        """Heights above the committed one with an accepted pre-prepare in this view."""
+        return sum(1 for s in self.slots.values() if s.pre_prepare is not None)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -528,7 +533,7 @@ class Replica:
     def _retransmit(self) -> None:
         """Re-send own signed votes for the lowest stuck heights (lossy links)."""
         if self.in_view_change:
-            own = self.view_changes.get(self.node_id or b"")
+            own = self.vc_messages.get(self.node_id or b"")
             if own is not None:
                 self._broadcast(own)
             return
@@ -1136,7 +1141,7 @@ class Replica:
                 signature=NO_SIGNATURE,
             )
         )
-        self.view_changes[self.node_id] = vc
+        self.vc_messages[self.node_id] = vc
         self._broadcast(vc)
 
     def on_view_change(self, vc: ViewChange, sender: bytes) -> None:
@@ -1151,7 +1156,7 @@ class Replica:
             if self.last_new_view is not None and self.last_new_view.view >= vc.new_view:
                 self._send(sender, self.last_new_view)  # help a replica left behind
             return
-        old = self.view_changes.get(vc.replica)
+        old = self.vc_messages.get(vc.replica)
         if old is not None and old.new_view >= vc.new_view:
             self._drop("duplicate" if old == vc else "stale_view")
             return
@@ -1159,7 +1164,7 @@ class Replica:
         if bad is not None:
             self._drop(bad)
             return
-        self.view_changes[vc.replica] = vc
+        self.vc_messages[vc.replica] = vc
         self._join_higher_views()
         self._try_new_view()
 
@@ -1191,7 +1196,7 @@ class Replica:
     def _join_higher_views(self) -> None:
         """f+1 VIEW-CHANGEs for views above ours: join the smallest (PBFT §4.5.2)."""
         floor = max(self.view, self.changing_view if self.in_view_change else self.view)
-        higher = sorted(vc.new_view for vc in self.view_changes.values() if vc.new_view > floor)
+        higher = sorted(vc.new_view for vc in self.vc_messages.values() if vc.new_view > floor)
         if len(higher) > self.vset.f:
             self._start_view_change(higher[0], "joined_f_plus_1")
 
@@ -1203,7 +1208,7 @@ class Replica:
         vset = self.vset
         if vset.primary(w) != self.node_id:
             return
-        vcs = [vc for vc in self.view_changes.values() if vc.new_view == w]
+        vcs = [vc for vc in self.vc_messages.values() if vc.new_view == w]
         if len(vcs) < vset.quorum:
             return
         vcs.sort(key=lambda vc: (vc.replica != self.node_id, vset.index(vc.replica) or 0))
@@ -1275,7 +1280,7 @@ class Replica:
         for vc in nv.view_changes:
             if vc.new_view != nv.view or vc.replica not in vset or vc.replica in seen:
                 return "bad_new_view"
-            if self.view_changes.get(vc.replica) != vc:  # not already checked on receipt
+            if self.vc_messages.get(vc.replica) != vc:  # not already checked on receipt
                 bad = self._check_view_change(vc)
                 if bad is not None:
                     return bad
@@ -1324,7 +1329,7 @@ class Replica:
         for slot in self.slots.values():
             slot.new_view()
         self.held = []
-        self.view_changes = {r: vc for r, vc in self.view_changes.items() if vc.new_view > w}
+        self.vc_messages = {r: vc for r, vc in self.vc_messages.items() if vc.new_view > w}
         self._reset_timer()
         mine = nv.replica == self.node_id
         for pp in nv.pre_prepares:
