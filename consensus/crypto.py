@@ -85,7 +85,7 @@ def verify(public: bytes, signature: bytes, domain: str, chain_id: str, payload:
     Returns False (never raises) for malformed keys, signatures or arguments
     of the wrong type: they come from peers.
     """
-    if not (type(domain) is str and type(chain_id) is str and isinstance(payload, bytes)):
+    if not (isinstance(domain, str) and isinstance(chain_id, str) and isinstance(payload, bytes)):
         return False
     try:
         message = signing_bytes(domain, chain_id, payload)
