@@ -311,6 +311,7 @@ class Replica:
         self.peer_heights: dict[bytes, int] = {}
         self.pending_txs = 0
         self.ticks = 0
+        self.last_commit_tick = 0
         self.consecutive_view_changes = 0
         self.progress_ticks = 0
         self.timeout_ticks = self._draw_timeout()
@@ -974,6 +975,7 @@ class Replica:
                 continue
             block = slot.blocks.get(digest) or self._future_block(view, h, digest)
             if block is None:
+                self._behind(h)  # a quorum committed a block we never saw: fetch it
                 continue
             signers = sorted(
                 (c for c in slot.commits.values() if c.view == view and c.digest == digest),
@@ -988,6 +990,8 @@ class Replica:
             )
             slot.committed = CertifiedBlock(block=block, certificate=cert)
             self._deliver()
+            if any(held.height == h + 1 for held in self.held):
+                self._retry_held()
             return
 
     def _future_block(self, view: int, h: int, digest: bytes) -> Block | None:
@@ -1030,6 +1034,7 @@ class Replica:
         self._out_committed.append(cb)
         self.slots.pop(h, None)
         self.consecutive_view_changes = 0
+        self.last_commit_tick = self.ticks
         self._reset_timer()
         self._try_commit(h + 1)
         self._retry_held()
@@ -1351,7 +1356,11 @@ class Replica:
             self.peer_heights[peer] = height
         heights = sorted(self.peer_heights.values(), reverse=True)
         f = self.vset.f
-        if len(heights) > f and heights[f] > self.committed_height + self.config.pipeline_depth:
+        if len(heights) <= f or heights[f] <= self.committed_height:
+            return
+        # f+1 peers (one of them correct) are ahead: far ahead, or ahead while we are stuck
+        stuck = self.ticks - self.last_commit_tick >= self.config.catchup_retry_ticks
+        if stuck or heights[f] > self.committed_height + self.config.pipeline_depth:
             self._behind(heights[f])
 
     def on_status(self, sa: StatusAnnouncement, sender: bytes) -> None:
