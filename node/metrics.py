@@ -360,6 +360,10 @@ FAMILIES = {
 }  # fmt: skip
 
 
+# (family key, label values or None to only announce the family, value)
+_Row = tuple[str, tuple[str, ...] | None, float]
+
+
 class _SourcesCollector(Collector):
     """Reads the sources bound by `NodeMetrics.bind_sources` at each scrape."""
 
@@ -383,17 +387,20 @@ class _SourcesCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         rows: dict[str, list[tuple[tuple[str, ...], float]]] = {}
+        bound: set[str] = set()
         for read in (self._replica, self._network, self._mempool, self._node):
             try:
                 for key, labels, value in read():
-                    rows.setdefault(key, []).append((labels, value))
+                    bound.add(key)
+                    if labels is not None:
+                        rows.setdefault(key, []).append((labels, value))
             except (AttributeError, TypeError, ValueError, RuntimeError):
                 continue  # a layer changed shape: export what the others have
         for key, family in FAMILIES.items():
-            if key in rows:
-                yield family.make(self.chain_id, rows[key])
+            if key in bound:
+                yield family.make(self.chain_id, rows.get(key, ()))
 
-    def _replica(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+    def _replica(self) -> Iterable[_Row]:
         replica = self.replica() if self.replica is not None else None
         if replica is None:
             return
@@ -401,6 +408,7 @@ class _SourcesCollector(Collector):
         reasons.update(_counts(getattr(replica, "view_change_reasons", None)))
         for reason, value in reasons.items():
             yield "view_changes", (_label(reason),), value
+        yield "consensus_dropped", None, 0.0
         for reason, value in _counts(getattr(replica, "dropped", None)):
             yield "consensus_dropped", (_label(reason),), value
         inflight = _number(getattr(replica, "inflight_heights", None))
@@ -416,7 +424,7 @@ class _SourcesCollector(Collector):
             )
         yield "inflight", (), inflight
 
-    def _network(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+    def _network(self) -> Iterable[_Row]:
         stats = self.network_stats
         if stats is None:
             return
@@ -430,6 +438,8 @@ class _SourcesCollector(Collector):
             per_channel.update(_counts(getattr(stats, attr, None)))
             for channel, value in per_channel.items():
                 yield key, (_label(channel),), value
+        yield "net_dropped", None, 0.0
+        yield "handshakes", None, 0.0
         for key, value in _counts(getattr(stats, "dropped", None)):
             channel, reason = key if isinstance(key, tuple) and len(key) == 2 else ("", key)
             yield "net_dropped", (_label(channel), _label(reason)), value
@@ -439,7 +449,7 @@ class _SourcesCollector(Collector):
         if reconnects is not None:
             yield "reconnects", (), reconnects
 
-    def _mempool(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+    def _mempool(self) -> Iterable[_Row]:
         m = self.mempool
         if m is None:
             return
@@ -447,11 +457,13 @@ class _SourcesCollector(Collector):
             value = _number(getattr(m, attr, None))
             if value is not None:
                 yield key, (), value
+        yield "mempool_rejected", None, 0.0
         for reason, value in _counts(getattr(m, "rejected", None)):
             yield "mempool_rejected", (_label(reason),), value
 
-    def _node(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+    def _node(self) -> Iterable[_Row]:
         if self.node_dropped is not None:
+            yield "node_dropped", None, 0.0
             for reason, value in _counts(self.node_dropped):
                 yield "node_dropped", (_label(reason),), value
         if self.ready is not None:
