@@ -28,17 +28,21 @@ class SeedOutcome:
     simulated_ms: int
     events: int
     commits: int
+    wall_s: float = 0.0
 
 
 def run_one(seed: int, n: int | None = None) -> SeedOutcome:
     options = SimOptions.from_seed(seed, n=n)
     cluster = Cluster(options)
+    started = time.monotonic()
+    kind, message = None, ""
     try:
         cluster.run()
     except SimFailure as failure:
-        return SeedOutcome(seed, failure.kind, str(failure), cluster.now_ms, cluster.event_count, 0)
+        kind, message = failure.kind, str(failure)
     commits = cluster.checker.stats["commits"]
-    return SeedOutcome(seed, None, "", cluster.now_ms, cluster.event_count, commits)
+    wall_s = time.monotonic() - started
+    return SeedOutcome(seed, kind, message, cluster.now_ms, cluster.event_count, commits, wall_s)
 
 
 def _run_one_star(args: tuple[int, int | None]) -> SeedOutcome:
@@ -77,7 +81,8 @@ def _report(outcome: SeedOutcome, verbose: bool, outcomes: list[SeedOutcome]) ->
     elif verbose:
         options = SimOptions.from_seed(outcome.seed)
         print(
-            f"ok   seed {outcome.seed}: {outcome.simulated_ms / 1000:.1f} s simulated, "
+            f"ok   seed {outcome.seed}: {outcome.wall_s:.2f} s wall, "
+            f"{outcome.simulated_ms / 1000:.1f} s simulated, "
             f"{outcome.events} events, {outcome.commits} commits [{options.describe()}]",
             flush=True,
         )
@@ -92,6 +97,11 @@ def _summary(outcomes: list[SeedOutcome], wall_s: float) -> None:
     if failed:
         print(f"failing seeds:       {failed[:50]}{' ...' if len(failed) > 50 else ''}")
     print(f"wall time:           {wall_s:.1f} s")
+    passed = [o.wall_s for o in outcomes if not o.failure_kind]
+    if passed:
+        print(
+            f"wall per passing seed: mean {sum(passed) / len(passed):.2f} s, max {max(passed):.2f} s"
+        )
     print(f"simulated time:      {simulated_s:.0f} s ({simulated_s * 10:.0f} ticks)")
     print(f"simulated s / wall s: {simulated_s / max(wall_s, 1e-9):.1f}")
     print(f"events:              {sum(o.events for o in outcomes)}")
