@@ -313,7 +313,8 @@ class Replica:
         self.ticks = 0
         self.last_commit_tick = 0
         self.consecutive_view_changes = 0
-        self.progress_ticks = 0
+        self.progress_ticks = 0  # ticks with work pending and no commit (retransmission)
+        self.timer_ticks = 0  # ticks counted towards the view-change timeout
         self.timeout_ticks = self._draw_timeout()
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
@@ -506,15 +507,26 @@ class Replica:
             self._send_block_request()
         if not self.is_validator:
             return
-        if self.in_view_change or self._has_work():
-            self.progress_ticks += 1
-            if self.progress_ticks % cfg.retransmit_ticks == 0:
-                self._retransmit()
-            if self.progress_ticks >= self.timeout_ticks:
-                reason = "new_view_timeout" if self.in_view_change else "progress_timeout"
-                self._start_view_change(max(self.view, self.changing_view) + 1, reason)
-        else:
+        if not (self.in_view_change or self._has_work()):
             self.progress_ticks = 0
+            return
+        self.progress_ticks += 1
+        if self.progress_ticks % cfg.retransmit_ticks == 0:
+            self._retransmit()
+        if self.in_view_change and not self._view_change_quorum():
+            # PBFT §4.5.2: the NEW-VIEW timer starts only once q replicas want this
+            # view; otherwise one replica would race ahead alone, view after view.
+            self.timer_ticks = 0
+            return
+        self.timer_ticks += 1
+        if self.timer_ticks >= self.timeout_ticks:
+            reason = "new_view_timeout" if self.in_view_change else "progress_timeout"
+            self._start_view_change(max(self.view, self.changing_view) + 1, reason)
+
+    def _view_change_quorum(self) -> bool:
+        """q replicas asked for this view or a later one (the latter will not come back)."""
+        w = self.changing_view
+        return sum(1 for vc in self.vc_messages.values() if vc.new_view >= w) >= self.vset.quorum
 
     def _has_work(self) -> bool:
         if self.pending_txs > 0 or self.held:
@@ -529,6 +541,7 @@ class Replica:
 
     def _reset_timer(self) -> None:
         self.progress_ticks = 0
+        self.timer_ticks = 0
         self.timeout_ticks = self._draw_timeout()
 
     def _retransmit(self) -> None:

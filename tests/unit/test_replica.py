@@ -417,18 +417,29 @@ def test_f_plus_one_view_changes_make_a_replica_join_4_5_2() -> None:
 def test_view_change_timeout_backs_off_exponentially_4_5_2() -> None:
     """§4.5.2: each consecutive view change waits longer (capped), with jitter from the rng."""
     c = Cluster(4, view_change_timeout_ticks=10)
-    c.cut = lambda s, d, m: True  # total isolation: no NEW-VIEW ever forms
+    c.cut = lambda s, d, m: not isinstance(m, ViewChange)  # no NEW-VIEW ever arrives
+    for node in c.nodes:
+        node.replica.note_pending(1)
     r = c.nodes[1].replica
-    r.note_pending(1)
     starts = []
-    for t in range(1, 400):
+    for t in range(1, 600):
         before = r.changing_view
-        r.tick()
-        c.process(c.nodes[1])
+        c.tick()
         if r.changing_view != before:
             starts.append(t)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(gaps) >= 3 and gaps[1] > gaps[0] and gaps[2] > gaps[1]
+    assert len(gaps) >= 3 and gaps[1] > gaps[0] and gaps[2] > gaps[1], starts
+
+
+def test_new_view_timer_waits_for_a_quorum_of_view_changes_4_5_2() -> None:
+    """§4.5.2: alone in a view change, a replica does not race on to ever higher views."""
+    c = Cluster(4, view_change_timeout_ticks=10)
+    c.cut = lambda s, d, m: True
+    r = c.nodes[1].replica
+    r.note_pending(1)
+    for _ in range(500):
+        r.tick()
+    assert r.in_view_change and r.changing_view == 1
 
 
 # -- journal and restart ---------------------------------------------------------------
