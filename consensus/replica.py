@@ -503,8 +503,11 @@ class Replica:
         if self.ticks % cfg.status_interval_ticks == 0 and self.is_validator:
             assert self.node_id is not None
             self._broadcast(StatusAnnouncement(self.committed_height, self.view, self.node_id))
-        if self.catching_up and self.ticks - self.catchup_last_tick >= cfg.catchup_retry_ticks:
-            self._send_block_request()
+        if self.ticks - self.catchup_last_tick >= cfg.catchup_retry_ticks:
+            if self.catching_up:
+                self._send_block_request()
+            elif self._stuck():
+                self._probe_ahead()
         if not self.is_validator:
             return
         if not (self.in_view_change or self._has_work()):
@@ -1392,6 +1395,24 @@ class Replica:
         self.catchup_target = height
         if self.ticks - self.catchup_last_tick >= self.config.catchup_retry_ticks:
             self._send_block_request()
+
+    def _stuck(self) -> bool:
+        """Work is pending and nothing committed for a catch-up retry interval."""
+        idle = self.ticks - self.last_commit_tick >= self.config.catchup_retry_ticks
+        return idle and self._has_work()
+
+    def _probe_ahead(self) -> None:
+        """Stuck while some peer claims more: ask it (fewer than f+1 claims prove nothing,
+        so this does not make us `catching_up`; what comes back is verified anyway)."""
+        first = self.committed_height + 1
+        ahead = sorted(p for p, h in self.peer_heights.items() if h >= first)
+        if not ahead:
+            return
+        peer = ahead[self.catchup_rotation % len(ahead)]
+        self.catchup_rotation += 1
+        last = min(self.peer_heights[peer], first + self.config.catchup_blocks_max - 1)
+        self.catchup_last_tick = self.ticks
+        self._send(peer, BlockRequest(first, last))
 
     def _send_block_request(self) -> None:
         peers = [p for p in self.vset.validators if p != self.node_id]
