@@ -459,14 +459,14 @@ class Cluster:
         return self.result()
 
     def liveness_bound_ms(self) -> int:
-        """Generous: three of the longest view-change timeouts (full back-off, slowest clock)
-        plus 30 s, so a replica that backed off during the faults has time to rejoin."""
+        """Generous: n + 2 of the longest view-change timeouts (full back-off, slowest
+        clock) plus 30 s -- time for every primary in turn to fail once and for replicas
+        that backed off during the faults to rejoin."""
         o = self.options
         backoff_max = getattr(self._config_defaults(), "view_change_backoff_max", 5)
-        longest_ms = (
-            o.view_change_timeout_ticks * 2**backoff_max * max(n.tick_ms for n in self.nodes)
-        )
-        return 3 * longest_ms + 30_000
+        slowest_tick_ms = max(n.tick_ms for n in self.nodes)
+        longest_ms = o.view_change_timeout_ticks * 2**backoff_max * slowest_tick_ms
+        return (o.n + 2) * longest_ms + 30_000
 
     def _config_defaults(self) -> Any:
         try:
