@@ -218,8 +218,20 @@ class NodeProcess:
 
     def exit_note(self) -> str:
         code = None if self.popen is None else self.popen.poll()
-        what = "not started" if self.popen is None else f"exited (code {code})"
+        if self.popen is None:
+            what = "not started"
+        elif code is not None and code < 0:
+            what = f"killed by {_signal_name(-code)}"
+        else:
+            what = f"exited (code {code})"
         return f"{what}; see its log: tail -n 50 {self.log_path}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
