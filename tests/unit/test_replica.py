@@ -625,3 +625,40 @@ def test_api_misuse_raises_named_error() -> None:
         r.note_pending(-1)
     with pytest.raises(ReplicaUsageError):
         r.add_epoch(3, c.vset)  # not after a checkpoint boundary
+
+
+# -- membership ---------------------------------------------------------------------------
+
+
+def test_epoch_change_at_checkpoint_boundary_and_certificates_name_it() -> None:
+    """DESIGN §3 membership: a new set takes over after a checkpoint; certificates name the epoch."""
+    from consensus.replica import ValidatorSet
+
+    c = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    c.run_blocks(4)
+    smaller = ValidatorSet(1, c.vset.validators[:3])
+    with pytest.raises(ReplicaUsageError):
+        c.nodes[0].replica.add_epoch(5, smaller)  # heights up to 4 + depth may be in flight
+    for node in c.nodes:
+        node.replica.add_epoch(9, smaller)
+    c.epochs = (*c.epochs, (9, smaller))
+    c.run_blocks(8)
+    assert c.heights()[:3] == [12, 12, 12]
+    c.assert_agree()
+    chain = c.nodes[0].chain
+    assert [cb.certificate.epoch for cb in chain] == [0] * 8 + [1] * 4
+    assert chain[8].block.header.validator_set_hash == smaller.hash()
+    assert all(len(cb.certificate.signatures) == smaller.quorum for cb in chain[8:])
+    assert not [m for m in sent(c.nodes[3], Commit) if m.height >= 9]
+    # a fresh replica verifies each certificate against the epoch in force at its height
+    fresh = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    fresh.epochs = c.epochs
+    fresh.restart(1)
+    r = fresh.nodes[1].replica
+    r.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
+    fresh.process(fresh.nodes[1])
+    assert r.committed_height == 12
+    unaware = Cluster(4, checkpoint_interval=4, pipeline_depth=2).nodes[1]
+    unaware.replica.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
+    assert unaware.replica.committed_height == 8
+    assert unaware.replica.dropped["wrong_epoch"] == 1
