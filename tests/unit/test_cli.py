@@ -773,3 +773,40 @@ def test_localnet_with_the_real_client_against_stand_in_http_nodes(tmp_path: Pat
         net.stop()
     assert [(s.height, s.peers, s.mempool, s.txs_per_s) for s in first] == [(1, 1, 2, None)] * 2
     assert [(s.height, s.txs_per_s) for s in second] == [(2, 100.0)] * 2
+
+
+def test_logs_json_lines_off_a_terminal_and_text_on_one(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    from node.logs import setup_logging
+
+    with open(tmp_path / "log", "w+") as stream:
+        assert setup_logging("auto", "info", stream) == "json"  # a file is not a terminal
+        logging.getLogger("redwood.test").info("committed %d", 5, extra={"block_hash": b"\x01"})
+        logging.getLogger("redwood.test").debug("hidden at info")
+        stream.seek(0)
+        (line,) = stream.read().splitlines()
+    doc = json.loads(line)
+    assert (doc["level"], doc["logger"], doc["msg"], doc["block_hash"]) == (
+        "info",
+        "redwood.test",
+        "committed 5",
+        "01",
+    )
+
+    class Terminal:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> None:
+            self.text += text
+
+        def flush(self) -> None: ...
+
+    terminal = Terminal()
+    assert setup_logging("auto", "debug", terminal) == "text"  # type: ignore[arg-type]
+    logging.getLogger("redwood.test").debug("view change", extra={"view": 3})
+    assert "DEBUG   redwood.test: view change view=3" in terminal.text
