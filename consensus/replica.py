@@ -308,6 +308,7 @@ class Replica:
         self.vc_messages: dict[bytes, ViewChange] = {}  # newest valid one per validator
         self.pending_new_view: NewView | None = None
         self.last_new_view: NewView | None = None  # ours, as primary of the current view
+        self.helped: set[bytes] = set()  # peers sent last_new_view in this view (<= n)
         self.peer_heights: dict[bytes, int] = {}
         self.pending_txs = 0
         self.ticks = 0
@@ -1151,7 +1152,8 @@ class Replica:
     def _send_view_change(self) -> None:
         if self.node_id is None or self.node_id not in self.vset:
             return
-        prepared = tuple(self.pcerts[h] for h in sorted(self.pcerts) if h > self.stable_height)
+        top = self.stable_height + self.config.window  # what peers accept (_check_view_change)
+        prepared = tuple(self.pcerts[h] for h in sorted(self.pcerts) if h <= top)
         vc = self._sign(
             ViewChange(
                 new_view=self.changing_view,
@@ -1174,8 +1176,10 @@ class Replica:
             return
         if vc.new_view <= self.view:
             self._drop("stale_view")
-            if self.last_new_view is not None and self.last_new_view.view >= vc.new_view:
-                self._send(sender, self.last_new_view)  # help a replica left behind
+            nv = self.last_new_view
+            if nv is not None and nv.view >= vc.new_view and sender not in self.helped:
+                self.helped.add(sender)  # once per peer and view: no amplification
+                self._send(sender, nv)  # help a replica left behind
             return
         old = self.vc_messages.get(vc.replica)
         if old is not None and old.new_view >= vc.new_view:
@@ -1340,6 +1344,7 @@ class Replica:
         """Start view nv.view with the NEW-VIEW's pre-prepares (already verified)."""
         w = nv.view
         self.last_new_view = nv if nv.replica == self.node_id else None
+        self.helped = set()
         self.view = w
         self.changing_view = w
         self.in_view_change = False
