@@ -662,3 +662,45 @@ def test_epoch_change_at_checkpoint_boundary_and_certificates_name_it() -> None:
     unaware.replica.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
     assert unaware.replica.committed_height == 8
     assert unaware.replica.dropped["wrong_epoch"] == 1
+
+
+def test_whole_cluster_restart_resumes_from_journal_and_chain() -> None:
+    """Every replica crashes at once; restarted from journal + chain they carry on without forking."""
+    c = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    c.run_blocks(9)
+    for i in range(4):
+        c.restart(i)
+    assert all(n.replica.committed_height == 9 for n in c.nodes)
+    assert all(n.replica.stable_checkpoint[0] == 8 for n in c.nodes)
+    c.run_blocks(5)
+    assert c.heights() == [14] * 4
+    c.assert_agree()
+
+
+def test_observer_follows_gossiped_certified_blocks() -> None:
+    """An observer that hears no votes follows the chain from gossiped certified blocks."""
+    c = Cluster(4, observers=1)
+    c.cut = lambda s, d, m: d == 4  # the observer hears nothing directly
+    c.run_blocks(5)
+    observer = c.nodes[4]
+    assert observer.height == 0
+    c.cut = lambda s, d, m: False
+    observer.replica.step(c.nodes[0].chain[4], c.keys[0].public)  # gossip of block 5
+    assert observer.replica.catching_up
+    c.process(observer)
+    c.pump()
+    assert observer.height == 5
+    c.assert_agree()
+
+
+def test_messages_from_f_plus_1_peers_far_ahead_start_catch_up() -> None:
+    """Messages above the window from f+1 peers are evidence of being behind."""
+    c = Cluster(4, checkpoint_interval=4)
+    r = c.nodes[3].replica
+    far = r.high_watermark + 50
+    for i in (0, 1):
+        k = c.keys[i]
+        r.step(sign(k, CHAIN_ID, Commit(0, far, b"\x01" * 32, k.public, NO_SIGNATURE)), k.public)
+        assert r.catching_up == (i == 1)
+    requests = [o for o in r.ready().messages if type(o.message).__name__ == "BlockRequest"]
+    assert requests and requests[0].message.from_height == 1

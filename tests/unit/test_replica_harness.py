@@ -133,8 +133,13 @@ class Cluster:
 
     # -- the driver loop -------------------------------------------------------------------
 
+    def link_id(self, i: int) -> bytes:
+        """The authenticated id of node i's links (observers have a key of their own too)."""
+        key = self.nodes[i].key
+        return key.public if key else b"observer%d" % i + bytes(32 - len(b"observer%d" % i))
+
     def index_of(self, node_id: bytes) -> int:
-        return next(i for i, n in enumerate(self.nodes) if n.key and n.key.public == node_id)
+        return next(i for i in range(len(self.nodes)) if self.link_id(i) == node_id)
 
     def process(self, node: Node) -> None:
         src = self.nodes.index(node) if node in self.nodes else len(self.nodes)
@@ -159,7 +164,7 @@ class Cluster:
             node.replica.advance(ready)
 
     def _route(self, src: int, node: Node, to: bytes | None, message: object) -> None:
-        sender = node.key.public if node.key else b"\x00" * 32
+        sender = self.link_id(src)
         if to is None:
             targets = [
                 i
