@@ -62,6 +62,7 @@ class SimOptions:
     liveness_bound_ms: int | None = None  # None: derived from the view-change timeouts
     liveness_blocks: int = 2
     crash_probability: float = 0.0  # per node per fault tick
+    crash_points: tuple[CrashPoint, ...] = tuple(CrashPoint)  # where armed crashes strike
     down_ms_min: int = 200
     down_ms_max: int = 3_000
     clock_skew: float = 0.0  # tick period = TICK_MS * (1 ± skew), per node
@@ -136,7 +137,7 @@ def _random_options(seed: int, *, n: int | None, faulty_max: int | None) -> SimO
         byzantine=byzantine,
         network=network,
         use_codec=rng.random() < 0.5,
-        fault_ms=rng.randint(2_000, 8_000),
+        fault_ms=rng.randint(3_000, 10_000),
         crash_probability=rng.choice((0.0, 0.002, 0.01, 0.03)),
         clock_skew=rng.uniform(0.0, 0.3),
         pipeline_depth=rng.randint(1, 4),
@@ -352,8 +353,8 @@ class Cluster:
                     self._arm_random_crash(node)
 
     def _arm_random_crash(self, node: SimNode) -> None:
-        points = list(CrashPoint)
-        if node.rng.random() < 0.2:
+        points = self.options.crash_points
+        if node.rng.random() < 0.2 or not points:
             self._record(b"c", node.slot)
             node.crash()  # between events: nothing in flight inside the driver
         else:
