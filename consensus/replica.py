@@ -563,6 +563,10 @@ class Replica:
             if slot is not None:
                 for message in slot.sent:
                     self._broadcast(message, h)
+        for h, votes in sorted(self.checkpoints.items()):  # not yet stable: above the low mark
+            own_checkpoint = votes.get(self.node_id or b"")
+            if own_checkpoint is not None:
+                self._broadcast(own_checkpoint, h)
 
     # -- windows, buffers, evidence ---------------------------------------------------------
 
