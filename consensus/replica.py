@@ -301,6 +301,12 @@ class Replica:
             )
         for h, own in self.own_checkpoints.items():
             self.recent.setdefault(h, (own.block_hash, own.timestamp_ms))
+        self._init_volatile()
+        if self.in_view_change:
+            self._send_view_change()
+
+    def _init_volatile(self) -> None:
+        """What a replica forgets in a crash: logs, buffers, timers (all bounded)."""
         self.slots: dict[int, Slot] = {}
         self.held: list[PrePrepare] = []
         self.future: dict[bytes, list[Any]] = {}
@@ -320,8 +326,6 @@ class Replica:
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
         self.catchup_rotation = 0
-        if self.in_view_change:
-            self._send_view_change()
 
     # -- read-only state ---------------------------------------------------------------
 
