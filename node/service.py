@@ -52,6 +52,7 @@ BLOCK_SUBSCRIBERS_MAX = 64
 BLOCK_SUBSCRIBER_QUEUE_MAX = 256
 EVIDENCE_KEPT_MAX = 1000
 WAITERS_MAX = 100_000
+ROUTE_DRAIN_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class Node:
         except BaseException:
             self.store.close()
             raise
+        self.bad_inbound: dict[str, int] = {}
         self.metrics = NodeMetrics(self.chain_id, self.node_id.hex(), __version__)
         self.driver = Driver(
             self.replica,
@@ -156,7 +158,6 @@ class Node:
         self._tx_in_send, self._tx_in = trio.open_memory_channel[tuple[bytes, list[bytes]]](256)
         self._last_commit_at: float | None = None
         self._last_view = self.replica.view
-        self.bad_inbound: dict[str, int] = {}
         self.txs_committed = self.app.tx_count()
         self.started_at = time.time()
         self._install_layer_metrics()
@@ -202,44 +203,17 @@ class Node:
         return Replica(rconfig, restored, signer, Ed25519Verifier(), random.Random(seed))
 
     def _install_layer_metrics(self) -> None:
-        net = self.network.stats
-
-        def read_net() -> dict[str, Any]:
-            return {
-                "messages_sent_total": dict(net.messages_sent),
-                "bytes_sent_total": dict(net.bytes_sent),
-                "messages_received_total": dict(net.messages_received),
-                "bytes_received_total": dict(net.bytes_received),
-                "dropped_total": {f"{c}/{r}": v for (c, r), v in net.dropped.items()},
-                "handshake_failures_total": dict(net.handshake_failures),
-                "reconnects_total": net.reconnects,
-                "peers_connected": net.connected_peers,
-            }
-
-        def read_mempool() -> dict[str, Any]:
-            m = self.mempool
-            return {
-                "received_total": m.received,
-                "rejected_total": dict(m.rejected),
-                "evicted_total": m.evicted,
-            }
-
-        def read_consensus() -> dict[str, Any]:
-            r = self.replica
-            out: dict[str, Any] = {}
-            dropped = getattr(r, "dropped", None)
-            if dropped is not None:
-                out["messages_dropped_total"] = dict(dropped)
-            reasons = getattr(r, "view_change_reasons", None)
-            if reasons is not None:
-                out["view_changes_total"] = dict(reasons)
-            return out
-
-        self.metrics.add_layer("net", read_net, "Network layer counter (see docs/metrics.md).")
-        self.metrics.add_layer("mempool", read_mempool, "Mempool counter (see docs/metrics.md).")
-        self.metrics.add_layer(
-            "consensus", read_consensus, "Replica counter (see docs/metrics.md)."
+        m, c = self.metrics, self.chain_id
+        m.bind_sources(
+            network_stats=self.network.stats,
+            mempool=self.mempool,
+            replica=lambda: self.replica,
+            ready=lambda: self.readiness()[0],
+            db_path=self.config.data_path,
+            node_dropped=self.bad_inbound,
         )
+        m.height.labels(c).set(self.store.head_height())
+        m.stable_checkpoint.labels(c).set(self.replica.stable_checkpoint[0])
 
     # -- running ----------------------------------------------------------------------
 
@@ -290,35 +264,55 @@ class Node:
             self._refresh_gauges()
 
     async def _route_inbound(self) -> None:
-        """Decode peer payloads and hand each to its consumer (bad bytes are counted, dropped)."""
+        """Decode peer payloads and hand each to its consumer (bad bytes are counted, dropped).
+
+        Drains everything already queued before yielding: one scheduler round
+        trip per message would cap the node far below what the links carry.
+        """
+        inbound = self.network.inbound
+        while True:
+            await self._route(await inbound.receive())
+            for _ in range(ROUTE_DRAIN_MAX):
+                try:
+                    item = inbound.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                await self._route(item)
+
+    async def _route(self, item: Any) -> None:
         from network.config import Channel
 
-        async for item in self.network.inbound:
-            if item.channel == Channel.TX_GOSSIP:
-                try:
-                    txs = decode_tx_batch(item.payload)
-                except DecodeError:
-                    self._count_bad("tx_gossip")
-                    continue
-                try:
-                    self._tx_in_send.send_nowait((item.peer, txs))
-                except trio.WouldBlock:
-                    self._count_bad("tx_gossip_overflow")
-                continue
-            if item.channel not in (Channel.CONSENSUS, Channel.SYNC):
-                self._count_bad("unexpected_channel")
-                continue
+        if item.channel == Channel.TX_GOSSIP:
             try:
-                message = codec.decode(item.payload)
+                txs = decode_tx_batch(item.payload)
             except DecodeError:
-                self._count_bad("undecodable")
-                continue
-            if isinstance(message, BlockRequest):
-                await self._serve_blocks(item.peer, message)
-            elif isinstance(message, CertifiedBlock | Evidence):
-                self._count_bad("unexpected_type")
-            else:
-                await self.driver.events_send.send(PeerMessage(item.peer, message))
+                self._count_bad("tx_gossip")
+                return
+            try:
+                self._tx_in_send.send_nowait((item.peer, txs))
+            except trio.WouldBlock:
+                self._count_bad("tx_gossip_overflow")
+            return
+        if item.channel not in (Channel.CONSENSUS, Channel.SYNC):
+            self._count_bad("unexpected_channel")
+            return
+        try:
+            message = codec.decode(item.payload)
+        except DecodeError:
+            self._count_bad("undecodable")
+            return
+        if isinstance(message, BlockRequest):
+            await self._serve_blocks(item.peer, message)
+        elif isinstance(message, Evidence):
+            self._count_bad("unexpected_type")
+        else:
+            if isinstance(message, BlockResponse):
+                self.metrics.observe_blocks_fetched(len(message.blocks))
+            event = PeerMessage(item.peer, message)
+            try:
+                self.driver.events_send.send_nowait(event)
+            except trio.WouldBlock:
+                await self.driver.events_send.send(event)  # back-pressure onto this peer
 
     def _count_bad(self, reason: str) -> None:
         self.bad_inbound[reason] = self.bad_inbound.get(reason, 0) + 1
@@ -344,6 +338,7 @@ class Node:
     def _send(self, to: bytes | None, message: Any) -> None:
         from network.config import Channel
 
+        self.metrics.observe_sent(message)
         payload = codec.encode(message)
         if is_sync_message(message):
             if to is None:  # status announcements reach observers too
@@ -362,6 +357,7 @@ class Node:
         return tuple(self.replica.vset.validators)
 
     async def _apply_block(self, cb: CertifiedBlock) -> bytes:
+        self.metrics.observe_committed(cb, self.replica_validators())
         started = time.perf_counter()
         executed = await trio.to_thread.run_sync(self.app.apply, cb, limiter=self._db_limiter)
         now = time.perf_counter()
