@@ -1,6 +1,6 @@
 """The `redwood` command line.
 
-Commands: `init`, `testnet`, `start`, `localnet` (operators), `status` and
+Commands: `init`, `testnet`, `start`, `localnet`, `repair` (operators), `status` and
 `record put|get|history` (clients of a node's HTTP API). Every failure the user
 can cause (bad arguments, a missing home, a bad config value, an unsafe key
 file, an unreachable node) ends in one line `redwood: error: ...` on stderr and
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -97,6 +98,7 @@ def build_parser() -> Parser:
     _add_testnet(sub)
     _add_start(sub)
     _add_localnet(sub)
+    _add_repair(sub)
     _add_status(sub)
     _add_record(sub)
     return parser
@@ -171,6 +173,18 @@ def _add_localnet(sub: Any) -> None:
         "--ready-timeout", default=60.0, type=rate_arg, metavar="SECONDS", help="(default: 60)"
     )
     p.set_defaults(run=cmd_localnet)
+
+
+def _add_repair(sub: Any) -> None:
+    p = sub.add_parser(
+        "repair",
+        help="set a damaged chain store aside so the node re-syncs from its peers",
+        description="Move the node's data directory (HOME/data by default) aside to "
+        "DATA.corrupt-<UTC timestamp> (nothing is deleted) and create an empty one. On its "
+        "next start the node fetches the chain from its peers. Refused while the node runs.",
+    )
+    p.add_argument("--home", required=True, type=Path)
+    p.set_defaults(run=cmd_repair)
 
 
 def _node_option(p: argparse.ArgumentParser) -> None:
@@ -408,6 +422,79 @@ def _start_load(net: Any, rate: float) -> Any:
     load = LoadGenerator(keys, urls, rate)
     load.start()
     return load
+
+
+def _store_locked(data: Path) -> bool:
+    """True while another process holds LevelDB's lock on the chain store in `data`."""
+    import fcntl
+
+    lock = data / "chain" / "LOCK"
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # LevelDB locks with fcntl too
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _aside_path(data: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = data.with_name(f"{data.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = data.with_name(f"{data.name}.corrupt-{stamp}-{n}")
+        n += 1
+    return target
+
+
+def _move_aside(data: Path, target: Path) -> None:
+    """Rename `data` to `target`; a mount point (rename fails) has its contents moved instead."""
+    import shutil
+
+    try:
+        data.rename(target)
+    except OSError:
+        target.mkdir(mode=0o700)
+        for child in sorted(data.iterdir()):
+            shutil.move(str(child), str(target / child.name))  # copy, then remove the source
+        return
+    data.mkdir(mode=0o700)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.home)
+    data: Path = cfg.data_path
+    try:
+        if not data.exists():
+            data.mkdir(parents=True, mode=0o700)
+            print(f"{data} did not exist; created it empty")
+        elif not data.is_dir():
+            raise CliError(f"{data}: not a directory")
+        elif _store_locked(data):
+            raise CliError(
+                f"{data}: the chain store is open in a running node; stop it first", EXIT_FAILURE
+            )
+        elif not any(data.iterdir()):
+            print(f"{data} is already empty; nothing to set aside")
+        else:
+            target = _aside_path(data)
+            _move_aside(data, target)
+            print(f"moved {data} to {target} (kept; delete it once you no longer need it)")
+            print(f"created an empty {data}")
+    except OSError as exc:
+        raise CliError(f"repair failed: {exc}", EXIT_FAILURE) from None
+    print(
+        "the node will re-sync the chain from its peers on its next start: "
+        f"redwood start --home {args.home}"
+    )
+    return EXIT_OK
 
 
 # -- client commands ---------------------------------------------------------------------
