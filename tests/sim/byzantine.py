@@ -18,7 +18,11 @@ Behaviours (any subset per node):
 - `malformed`: sends garbage, truncated, non-canonical, oversized and
   nonsensical-but-decodable messages;
 - `silence`: never sends to a chosen set of peers (everyone, sometimes);
-- `bad_blocks`: answers catch-up requests with tampered blocks.
+- `bad_blocks`: answers catch-up requests with tampered blocks;
+- `bad_state_claim`: as primary, claims a wrong state root in its blocks;
+- `forged_view_change`: adds to its VIEW-CHANGEs a prepared certificate for a
+  block it made up (signed by itself as that view's primary, the other
+  PREPAREs with signatures it cannot make).
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ from collections import deque
 from typing import Any
 
 from consensus import codec, merkle
-from consensus.crypto import sha256
+from consensus.crypto import ZERO_HASH, sha256
 from consensus.types import (
+    MAX_PREPARED_IN_VIEW_CHANGE,
     Block,
+    BlockHeader,
     BlockRequest,
     BlockResponse,
     CertifiedBlock,
     Commit,
     Prepare,
+    PreparedCertificate,
     PrePrepare,
     StatusAnnouncement,
     ViewChange,
@@ -51,6 +58,8 @@ BEHAVIOURS = (
     "malformed",
     "silence",
     "bad_blocks",
+    "bad_state_claim",
+    "forged_view_change",
 )
 REPLAY_MEMORY_MAX = 256
 MALFORMED_PROBABILITY_PER_TICK = 0.2
@@ -82,7 +91,7 @@ class Byzantine:
         rng: random.Random,
         key: Any,
         chain_id: str,
-        peers: tuple[bytes, ...],
+        validators: tuple[bytes, ...],
         oversized: bool = False,
     ) -> None:
         assert behaviours <= set(BEHAVIOURS), behaviours
@@ -90,7 +99,8 @@ class Byzantine:
         self.rng = rng
         self.key = key
         self.chain_id = chain_id
-        self.peers = peers
+        self.validators = validators
+        self.peers = tuple(v for v in validators if v != key.public)
         self.oversized = oversized
         self.silent_to = frozenset(self._silent_targets())
         self.memory: deque[Any] = deque(maxlen=REPLAY_MEMORY_MAX)
@@ -124,6 +134,10 @@ class Byzantine:
 
     def _rewrite(self, message: Any, *, second_half: bool) -> Any:
         b = self.behaviours
+        if "bad_state_claim" in b and isinstance(message, PrePrepare):
+            message = self._lie_about_state(message)
+        if "forged_view_change" in b and isinstance(message, ViewChange):
+            message = self._forge_view_change(message)
         if second_half and "equivocate" in b and isinstance(message, PrePrepare):
             message = self._other_block(message)
         elif second_half and "conflicting_votes" in b and isinstance(message, Prepare | Commit):
@@ -142,6 +156,39 @@ class Byzantine:
         block = Block(header=header, txs=txs)
         self.alt_digest[key] = block.hash()
         return self._sign(dataclasses.replace(pp, block=block))
+
+    def _lie_about_state(self, pp: PrePrepare) -> PrePrepare:
+        header = pp.block.header
+        if header.state_root == ZERO_HASH:
+            return pp
+        lie = sha256(b"lie" + header.state_root)
+        block = Block(header=dataclasses.replace(header, state_root=lie), txs=pp.block.txs)
+        return self._sign(dataclasses.replace(pp, block=block))
+
+    def _forge_view_change(self, vc: ViewChange) -> ViewChange:
+        """A prepared certificate for a made-up block at the first height above the checkpoint."""
+        n = len(self.validators)
+        me = self.validators.index(self.key.public)
+        mine = [v for v in range(max(0, vc.new_view - 3 * n), vc.new_view) if v % n == me]
+        if vc.new_view == 0 or len(vc.prepared) >= MAX_PREPARED_IN_VIEW_CHANGE:
+            return vc
+        # its own past view if it had one, else a view it was never primary of
+        view, height = (mine or [vc.new_view - 1])[-1], vc.stable_height + 1
+        txs = (b"forged-%d" % self.rng.randrange(1 << 30),)
+        header = BlockHeader(
+            chain_id=self.chain_id, height=height, view=view, epoch=0,
+            parent_hash=self.rng.randbytes(32), tx_root=merkle.root(txs), tx_count=1,
+            state_height=0, state_root=ZERO_HASH, proposer=self.key.public,
+            timestamp_ms=0, validator_set_hash=self.rng.randbytes(32),
+        )  # fmt: skip
+        block = Block(header=header, txs=txs)
+        pp = self._sign(PrePrepare(view, height, block, self.key.public, bytes(64)))
+        prepares = [self._sign(Prepare(view, height, block.hash(), self.key.public, bytes(64)))]
+        for peer in self.peers:
+            prepares.append(Prepare(view, height, block.hash(), peer, self.rng.randbytes(64)))
+        forged = PreparedCertificate(pre_prepare=pp, prepares=tuple(prepares))
+        others = tuple(pc for pc in vc.prepared if pc.pre_prepare.height != height)
+        return self._sign(dataclasses.replace(vc, prepared=(forged, *others)))
 
     def _sign(self, message: Any) -> Any:
         sig = self.key.sign(message.DOMAIN, self.chain_id, signed_payload(message))

@@ -46,6 +46,7 @@ CHAIN_ID = "redwood-sim"
 TICK_MS = 100  # the node's nominal tick; 1 tick = 100 ms simulated
 FAULT_TICK_MS = 100
 EVIDENCE_MAX = 1_000
+FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile generator knew
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
 
@@ -109,8 +110,15 @@ def _random_options(seed: int, *, n: int | None, faulty_max: int | None) -> SimO
     faulty = rng.randint(0, f if faulty_max is None else faulty_max)
     indices = rng.sample(range(n), faulty)
     twins = tuple(sorted(i for i in indices if rng.random() < 0.25))
+    # Behaviours added later draw from their own stream, so that existing seeds
+    # (and the regression seeds that name them) keep their profiles.
+    later = random.Random(f"options/later/{seed}")
     byzantine = tuple(
-        (i, frozenset(b for b in BEHAVIOURS if rng.random() < 0.5))
+        (
+            i,
+            frozenset(b for b in BEHAVIOURS[:FIRST_BEHAVIOURS] if rng.random() < 0.5)
+            | frozenset(b for b in BEHAVIOURS[FIRST_BEHAVIOURS:] if later.random() < 0.5),
+        )
         for i in sorted(indices)
         if i not in twins
     )
@@ -244,7 +252,7 @@ class Cluster:
                     rng=random.Random(f"byzantine/{o.seed}/{slot}"),
                     key=key,
                     chain_id=CHAIN_ID,
-                    peers=tuple(k.public for j, k in enumerate(keys) if j != index),
+                    validators=tuple(k.public for k in keys),
                     oversized=o.oversized,
                 )
             offset = rng.randint(0, 50)
