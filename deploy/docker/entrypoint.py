@@ -79,7 +79,7 @@ def initialise(home: Path, env: Mapping[str, str]) -> None:
     if env.get("REDWOOD_INIT_CHAIN_ID"):
         cmd += ["--chain-id", env["REDWOOD_INIT_CHAIN_ID"]]
     print(f"redwood-entrypoint: no node home in {home}: running {' '.join(cmd)}", file=sys.stderr)
-    done = subprocess.run(cmd, check=False)
+    done = subprocess.run(cmd, check=False, env=dict(env))
     if done.returncode != 0:
         raise EntrypointError(f"redwood init failed with exit code {done.returncode}")
     config = home / "config"
