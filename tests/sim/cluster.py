@@ -212,6 +212,7 @@ class Cluster:
             genesis_root=GENESIS_STATE_ROOT,
         )
         self.nodes = self._make_nodes(keys)
+        self.correct_ids = frozenset(node.node_id for node in self.nodes if node.correct)
         self.slots_of: dict[bytes, list[int]] = {}
         for node in self.nodes:
             self.slots_of.setdefault(node.node_id, []).append(node.slot)
@@ -446,6 +447,8 @@ class Cluster:
 
     def on_evidence(self, node: SimNode, evidence: Evidence) -> None:
         self.stats["evidence"] += 1
+        if node.correct:
+            self.checker.on_evidence(node.name, evidence, self.correct_ids)
         if len(self.evidence) < EVIDENCE_MAX:
             self.evidence.append((node.name, evidence))
 

@@ -17,7 +17,9 @@ Invariants (a `Violation` names which one broke):
 - `checkpoint`: correct replicas sign the same state root for one height;
 - `equivocation`: no correct replica signs two votes with the same (kind, view,
   height) and different digests -- watched on every message it emits,
-  across crashes and restarts.
+  across crashes and restarts;
+- `evidence`: evidence a correct replica reports holds two validly signed,
+  conflicting votes of the accused, and never accuses a correct replica.
 
 Liveness is the cluster's job (it knows when faults heal); see `cluster.py`.
 Byzantine and twin replicas are "faulty": their commits and votes are not
@@ -29,11 +31,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from consensus import codec
 from consensus.crypto import ZERO_HASH, Domain, Verifier
 from consensus.types import (
     CertifiedBlock,
     Checkpoint,
     Commit,
+    Evidence,
     NewView,
     Prepare,
     PrePrepare,
@@ -120,6 +124,33 @@ class StateChecker:
                 f"{first[1]} with {first[0].hex()[:12]}",
             )
 
+    # -- accountability --------------------------------------------------------------
+
+    def on_evidence(self, node: str, ev: Evidence, correct_ids: frozenset[bytes]) -> None:
+        """A correct replica reported `ev`: it must prove what it claims."""
+        accused = ev.replica.hex()[:12]
+        if ev.replica in correct_ids:
+            self.fail("evidence", f"{node} accuses correct replica {accused}")
+        cls = _CLASS_OF_KIND.get(ev.kind)
+        if cls is None:
+            self.fail("evidence", f"{node} reports evidence of unknown kind {ev.kind}")
+        votes = []
+        for raw in (ev.first, ev.second):
+            try:
+                vote = codec.decode(raw, cls)
+            except codec.DecodeError as exc:
+                self.fail("evidence", f"{node} reports an undecodable vote: {exc}")
+            same = (vote.replica, vote.view, vote.height) == (ev.replica, ev.view, ev.height)
+            ok = self.verifier.verify(
+                vote.replica, vote.signature, vote.DOMAIN, self.chain_id, signed_payload(vote)
+            )
+            if not same or not ok:
+                self.fail("evidence", f"{node} reports a vote that does not prove it ({accused})")
+            votes.append(vote)
+        if votes[0].digest == votes[1].digest:
+            self.fail("evidence", f"{node} reports two equal votes as evidence against {accused}")
+        self.stats["evidence_checked"] += 1
+
     # -- what replicas commit ------------------------------------------------------
 
     def check_link(self, node: str, head_height: int, head_hash: bytes, cb: CertifiedBlock) -> None:
@@ -192,3 +223,4 @@ class StateChecker:
 
 
 _KIND = {PrePrepare: VoteKind.PRE_PREPARE, Prepare: VoteKind.PREPARE, Commit: VoteKind.COMMIT}
+_CLASS_OF_KIND: dict[int, type[Any]] = {int(k): cls for cls, k in _KIND.items()}

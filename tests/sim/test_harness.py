@@ -17,6 +17,7 @@ from consensus.types import (
     Commit,
     CommitCertificate,
     CommitSignature,
+    Evidence,
     Prepare,
     signed_payload,
 )
@@ -256,3 +257,33 @@ def test_with_f_plus_1_twins_the_checker_reports_disagreement() -> None:
             # slots: 0..3 validators, 4 = twin of 0, 5 = twin of 1
             cluster.network.partition([{0, 1, 2}, {4, 5, 3}])
             cluster.run_for(3_000)
+
+
+def _evidence(first: object, second: object, kind: int = 2) -> Evidence:
+    return Evidence(
+        kind=kind,
+        replica=first.replica,  # type: ignore[attr-defined]
+        view=first.view,  # type: ignore[attr-defined]
+        height=first.height,  # type: ignore[attr-defined]
+        first=codec.encode(first),
+        second=codec.encode(second),
+    )
+
+
+def test_checker_accepts_true_evidence_and_reports_false_accusations() -> None:
+    checker, keys = _checker()
+    k = keys[3]
+    p1 = _signed(k, Prepare(3, 7, b"\x01" * 32, k.public, bytes(64)))
+    p2 = _signed(k, Prepare(3, 7, b"\x02" * 32, k.public, bytes(64)))
+    faulty_only = frozenset(x.public for x in keys[:3])
+    checker.on_evidence("a", _evidence(p1, p2), faulty_only)
+    assert checker.stats["evidence_checked"] == 1
+    with pytest.raises(Violation, match="accuses correct replica"):
+        checker.on_evidence("a", _evidence(p1, p2), frozenset({k.public}))
+    with pytest.raises(Violation, match="two equal votes"):
+        checker.on_evidence("a", _evidence(p1, p1), faulty_only)
+    unsigned = dataclasses.replace(p2, signature=bytes(64))  # type: ignore[type-var]
+    with pytest.raises(Violation, match="does not prove"):
+        checker.on_evidence("a", _evidence(p1, unsigned), faulty_only)
+    with pytest.raises(Violation, match="undecodable"):
+        checker.on_evidence("a", _evidence(p1, p2, kind=3), faulty_only)
