@@ -75,9 +75,13 @@ class NodeProc:
     api: str
     proc: subprocess.Popen[bytes] | None = None
     log_file: Any = None
+    _http: httpx.Client | None = None
 
     def get(self, path: str, timeout_s: float = 5.0) -> httpx.Response:
-        return httpx.get(self.api + path, timeout=timeout_s)
+        # one keep-alive client per node: a new httpx client per call costs an SSL context
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.api)
+        return self._http.get(path, timeout=timeout_s)
 
     def status(self) -> dict[str, Any]:
         r = self.get("/status")
@@ -147,7 +151,7 @@ class Cluster:
         for i in range(len(self.nodes)):
             self.start(i)
 
-    def signal(self, i: int, sig: int) -> None:
+    def send_signal(self, i: int, sig: int) -> None:
         node = self.nodes[i]
         assert node.proc is not None
         node.proc.send_signal(sig)
@@ -191,7 +195,9 @@ class Cluster:
 
         wait_until(f"nodes {idx} ready", all_ready, timeout_s)
 
-    def wait_height(self, height: int, indexes: list[int] | None = None, timeout_s: float = 60.0) -> None:
+    def wait_height(
+        self, height: int, indexes: list[int] | None = None, timeout_s: float = 60.0
+    ) -> None:
         idx = list(range(len(self.nodes))) if indexes is None else indexes
         wait_until(
             f"nodes {idx} at height >= {height}",
