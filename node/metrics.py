@@ -108,7 +108,8 @@ class NodeMetrics:
             ["chain_id", "phase"], buckets=PHASE_BUCKETS_S, registry=r,
         )  # fmt: skip
         self.write_latency = Histogram(
-            "redwood_storage_write_seconds", "Latency of one block's atomic LevelDB write batch.",
+            "redwood_storage_write_seconds",
+            "Time to apply one committed block: execution and its atomic LevelDB write batch.",
             lbl, buckets=WRITE_BUCKETS_S, registry=r,
         )  # fmt: skip
         self.mempool_size = Gauge(

@@ -437,6 +437,11 @@ def test_k8s_services_and_servicemonitor_select_the_node(yaml: Any) -> None:
     )
 
 
+def test_k8s_prometheusrule_is_the_rules_file(yaml: Any) -> None:
+    rule = k8s_objects(yaml)["PrometheusRule/redwood"]
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+
+
 # -- dashboard, rules and docs -------------------------------------------------------------
 
 
