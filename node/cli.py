@@ -101,6 +101,7 @@ def build_parser() -> Parser:
     _add_repair(sub)
     _add_status(sub)
     _add_record(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -225,6 +226,29 @@ def _add_record(sub: Any) -> None:
         q.add_argument("key", metavar="KEY")
         _node_option(q)
         q.set_defaults(run=run)
+
+
+def _add_bench(sub: Any) -> None:
+    from node.bench import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="measure committed tx/s, latency, catch-up and restart (docs/performance.md)",
+        description="Start a localnet (or target --nodes), drive pre-signed 200-byte puts "
+        "and measure from the chain; prints a summary, writes JSON with --out.",
+    )
+    add_arguments(p)
+    p.set_defaults(run=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from node.bench import BenchError, run
+
+    try:
+        run(args)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
 
 
 # -- operator commands ---------------------------------------------------------------------
