@@ -23,6 +23,12 @@ Behaviours (any subset per node):
 - `forged_view_change`: adds to its VIEW-CHANGEs a prepared certificate for a
   block it made up (signed by itself as that view's primary, the other
   PREPAREs with signatures it cannot make).
+
+`collude` (never in random profiles: it is for more than f faulty nodes) makes
+all colluders share one `Collusion`: the correct replicas are split into two
+fixed sides, a colluding primary sends side B another block, and every
+colluder votes for that block towards side B and for the real one towards
+side A -- the coordinated attack that breaks agreement once f+1 join it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,16 @@ MALFORMED_PROBABILITY_PER_TICK = 0.2
 REPLAY_PROBABILITY_PER_TICK = 0.3
 BAD_SIGNATURE_PROBABILITY = 0.3
 HUGE = 2**63
+COLLUDE = "collude"
+
+
+class Collusion:
+    """State shared by colluding Byzantine nodes."""
+
+    def __init__(self, side_b: frozenset[bytes]) -> None:
+        self.side_b = side_b
+        self.digests: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (view, h) -> (A, B)
+
 
 _OVERSIZED: bytes | None = None
 
@@ -93,8 +109,11 @@ class Byzantine:
         chain_id: str,
         validators: tuple[bytes, ...],
         oversized: bool = False,
+        collusion: Collusion | None = None,
     ) -> None:
-        assert behaviours <= set(BEHAVIOURS), behaviours
+        assert behaviours <= {*BEHAVIOURS, COLLUDE}, behaviours
+        assert (COLLUDE in behaviours) == (collusion is not None)
+        self.collusion = collusion
         self.behaviours = behaviours
         self.rng = rng
         self.key = key
@@ -105,7 +124,6 @@ class Byzantine:
         self.silent_to = frozenset(self._silent_targets())
         self.memory: deque[Any] = deque(maxlen=REPLAY_MEMORY_MAX)
         self.alt_digest: dict[tuple[int, int], bytes] = {}
-        self.evil = 0
 
     def _silent_targets(self) -> list[bytes]:
         if "silence" not in self.behaviours:
@@ -124,8 +142,26 @@ class Byzantine:
         for i, peer in enumerate(targets):
             if peer in self.silent_to:
                 continue
-            sends.append((peer, self._rewrite(message, second_half=i in halves)))
+            if self.collusion is not None:
+                sends.append((peer, self._collude(message, peer)))
+            else:
+                sends.append((peer, self._rewrite(message, second_half=i in halves)))
         return sends
+
+    def _collude(self, message: Any, peer: bytes) -> Any:
+        c = self.collusion
+        assert c is not None
+        if peer not in c.side_b:
+            return message
+        if isinstance(message, PrePrepare):
+            alt = self._other_block(message)
+            c.digests[(message.view, message.height)] = (message.digest, alt.digest)
+            return alt
+        if isinstance(message, Prepare | Commit):
+            pair = c.digests.get((message.view, message.height))
+            if pair is not None and pair[0] == message.digest:
+                return self._sign(dataclasses.replace(message, digest=pair[1]))
+        return message
 
     def _halves(self, targets: tuple[bytes, ...]) -> set[int]:
         idx = list(range(len(targets)))
@@ -150,8 +186,7 @@ class Byzantine:
 
     def _other_block(self, pp: PrePrepare) -> PrePrepare:
         key = (pp.view, pp.height)
-        self.evil += 1
-        txs = (*pp.block.txs, b"evil-%d" % self.evil)
+        txs = (*pp.block.txs, b"evil-%d-%d" % key)
         header = dataclasses.replace(pp.block.header, tx_root=merkle.root(txs), tx_count=len(txs))
         block = Block(header=header, txs=txs)
         self.alt_digest[key] = block.hash()

@@ -31,7 +31,7 @@ from typing import Any
 from consensus import codec
 from consensus.crypto import sha256
 from consensus.types import CertifiedBlock, Evidence
-from tests.sim.byzantine import BEHAVIOURS, Byzantine
+from tests.sim.byzantine import BEHAVIOURS, COLLUDE, Byzantine, Collusion
 from tests.sim.fake_crypto import make_keys
 from tests.sim.packet_simulator import (
     NetworkOptions,
@@ -47,6 +47,10 @@ TICK_MS = 100  # the node's nominal tick; 1 tick = 100 ms simulated
 FAULT_TICK_MS = 100
 EVIDENCE_MAX = 1_000
 FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile generator knew
+# Profile generator versions: 1 = first; 2 = + bad_state_claim, forged_view_change;
+# 3 = + colluding Byzantine nodes (at most f). Later features draw from their own
+# random stream, so a seed's earlier draws never change.
+PROFILE_GENERATION = 3
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
 
@@ -80,9 +84,19 @@ class SimOptions:
         return (self.n - 1) // 3
 
     @staticmethod
-    def from_seed(seed: int, *, n: int | None = None, faulty_max: int | None = None) -> SimOptions:
-        """A random fault profile: every fault class, at a random intensity."""
-        return _random_options(seed, n=n, faulty_max=faulty_max)
+    def from_seed(
+        seed: int,
+        *,
+        n: int | None = None,
+        faulty_max: int | None = None,
+        generation: int = PROFILE_GENERATION,
+    ) -> SimOptions:
+        """A random fault profile: every fault class, at a random intensity.
+
+        `generation` pins the generator's version: regression seeds found with an
+        older generator keep replaying the profile they were found with.
+        """
+        return _random_options(seed, n=n, faulty_max=faulty_max, generation=generation)
 
     def describe(self) -> str:
         net = self.network
@@ -103,7 +117,9 @@ class SimOptions:
         return " ".join(p for p in parts if p)
 
 
-def _random_options(seed: int, *, n: int | None, faulty_max: int | None) -> SimOptions:
+def _random_options(
+    seed: int, *, n: int | None, faulty_max: int | None, generation: int
+) -> SimOptions:
     rng = random.Random(f"options/{seed}")
     n = n if n is not None else (4, 7, 10)[seed % 3]
     f = (n - 1) // 3
@@ -113,15 +129,18 @@ def _random_options(seed: int, *, n: int | None, faulty_max: int | None) -> SimO
     # Behaviours added later draw from their own stream, so that existing seeds
     # (and the regression seeds that name them) keep their profiles.
     later = random.Random(f"options/later/{seed}")
+    extra = BEHAVIOURS[FIRST_BEHAVIOURS:] if generation >= 2 else ()
     byzantine = tuple(
         (
             i,
             frozenset(b for b in BEHAVIOURS[:FIRST_BEHAVIOURS] if rng.random() < 0.5)
-            | frozenset(b for b in BEHAVIOURS[FIRST_BEHAVIOURS:] if later.random() < 0.5),
+            | frozenset(b for b in extra if later.random() < 0.5),
         )
         for i in sorted(indices)
         if i not in twins
     )
+    if generation >= 3 and byzantine and later.random() < 0.2:
+        byzantine = tuple((i, b | {COLLUDE}) for i, b in byzantine)  # f colluders: harmless
     network = NetworkOptions(
         node_count=0,
         one_way_delay_min_ms=rng.randint(1, 5),
@@ -236,6 +255,10 @@ class Cluster:
         o = self.options
         byz = dict(o.byzantine)
         nodes: list[SimNode] = []
+        collusion = None
+        if any(COLLUDE in b for b in byz.values()):
+            honest = sorted(k.public for i, k in enumerate(keys) if i not in byz)
+            collusion = Collusion(frozenset(honest[len(honest) // 2 :]))
         plan = [(i, False) for i in range(o.n)] + [(i, True) for i in o.twins]
         for slot, (index, second) in enumerate(plan):
             key = keys[index]
@@ -255,6 +278,7 @@ class Cluster:
                     chain_id=CHAIN_ID,
                     validators=tuple(k.public for k in keys),
                     oversized=o.oversized,
+                    collusion=collusion if COLLUDE in byz[index] else None,
                 )
             offset = rng.randint(0, 50)
             node = SimNode(self, slot, key, role, behaviour, rng, offset)

@@ -1,10 +1,8 @@
 """Seeds that once broke the replica (or the simulator), kept as named regression tests.
 
-Each entry says what went wrong; the seed's random fault profile replays it
-exactly. They also lie in the default sweep's range today, but the sweep's
-profile generator may change; these pin the scenario by seed *and* profile
-(`SimOptions.from_seed` at the time of writing -- if the generator changes,
-re-find the scenario and update the seed).
+Each entry says what went wrong; the seed and the profile generator's
+generation at the time (`SimOptions.from_seed(seed, generation=g)`) replay the
+scenario exactly, whatever the generator learns later.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from tests.sim.cluster import Cluster, SimOptions
 
 pytest.importorskip("consensus.replica", reason="the replica has not landed yet")
 
-SEEDS = {
+SEEDS = {  # all found with generation 1
     2: "a quorum of COMMITs for a block a replica never saw must trigger catch-up",
     73: "NEW-VIEW timers must not make replicas leapfrog views (n=7, 2 Byzantine, 20% loss)",
     294: "lagging replicas see one correct peer ahead (the Byzantine is silent to them): "
@@ -28,4 +26,4 @@ SEEDS = {
 
 @pytest.mark.parametrize("seed", sorted(SEEDS), ids=lambda s: f"seed={s}")
 def test_regression_seed(seed: int) -> None:
-    Cluster(SimOptions.from_seed(seed)).run()
+    Cluster(SimOptions.from_seed(seed, generation=1)).run()

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from tests.sim.byzantine import COLLUDE
 from tests.sim.cluster import Cluster, SimFailure, SimOptions
 from tests.sim.packet_simulator import NetworkOptions
 from tests.sim.sim_node import CrashPoint
@@ -225,6 +226,27 @@ def test_the_checker_reports_disagreement_with_f_plus_1_twins() -> None:
             if failure.kind == "agreement":
                 break
     assert found and found[-1][1] == "agreement", f"no agreement violation found: {found}"
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_the_checker_reports_disagreement_with_f_plus_1_colluding_byzantine(n: int) -> None:
+    """f+1 colluders (a primary that sends each half of the correct replicas its own
+    block, all colluders voting for both): agreement breaks, the checker says so."""
+    colluders = tuple((i, frozenset({COLLUDE})) for i in range((n - 1) // 3 + 1))
+    for seed in range(10):
+        cluster = _cluster(seed=seed, n=n, byzantine=colluders)
+        with pytest.raises(SimFailure, match="agreement"):
+            cluster.run_for(5_000)
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_f_colluding_byzantine_keep_the_checker_quiet(n: int) -> None:
+    colluders = tuple((i, frozenset({COLLUDE})) for i in range((n - 1) // 3))
+    for seed in range(3):
+        cluster = _cluster(seed=seed, n=n, byzantine=colluders)
+        cluster.run_for(5_000)
+        cluster.heal()
+        cluster.check_liveness(3, BOUND_MS)
 
 
 def test_f_twins_keep_the_checker_quiet() -> None:

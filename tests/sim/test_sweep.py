@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.sim.byzantine import BEHAVIOURS
+from tests.sim.byzantine import BEHAVIOURS, COLLUDE
 from tests.sim.cluster import Cluster, SimFailure, SimOptions
 from tests.sim.packet_simulator import PartitionMode, PartitionSymmetry
 
@@ -82,7 +82,7 @@ def test_default_seeds_cover_every_fault_class() -> None:
                 seen[b] += 1
     wanted = [
         "n=4", "n=7", "n=10", "loss", "duplication", "clogging", "crashes", "clock_skew",
-        "codec", "twins", "f_faulty", *BEHAVIOURS,
+        "codec", "twins", "f_faulty", *BEHAVIOURS, COLLUDE,
         *(f"partition/{s.value}" for s in PartitionSymmetry),
     ]  # fmt: skip
     assert {w: seen[w] for w in wanted if seen[w] < 5} == {}
