@@ -2,7 +2,8 @@
 
 Scenarios (docs/performance.md has the figures and how to read them):
 
-- ``throughput``: closed loop at maximum for `--duration` seconds;
+- ``throughput``: closed loop at maximum for `--duration` seconds (open loop
+  at `--rate` if given);
 - ``latency``: open loop at `--rate` (default: 50% of a throughput probe);
 - ``scale``: throughput with N = 4, 7, 10 and 16 validators;
 - ``catchup``: a validator that missed `--txs` (100,000) transactions rejoins;
@@ -181,8 +182,13 @@ def window_room(accepted: int, committed: int, window: int) -> int:
 
 def pregen_count(mode: str, rate_per_s: float | None, seconds: float) -> int:
     """Transactions to generate before timing: enough for the run at the expected rate."""
-    rate = rate_per_s if mode == "open" and rate_per_s else PEAK_RATE_GUESS
-    return min(PREGEN_TXS_MAX, max(BATCH_TXS, math.ceil(rate * seconds * 1.1) + WINDOW_TXS))
+    if mode == "open":
+        if not rate_per_s or rate_per_s <= 0:
+            raise ValueError("an open loop needs a positive rate")
+        wanted = math.ceil(rate_per_s * seconds * 1.1) + open_loop_batch(rate_per_s)
+    else:
+        wanted = math.ceil(PEAK_RATE_GUESS * seconds * 1.1) + WINDOW_TXS
+    return min(PREGEN_TXS_MAX, wanted)
 
 
 def spread(values: Sequence[float]) -> float | None:
@@ -863,11 +869,12 @@ def scenario_throughput(
     net = _open(args, validators or args.validators)
     runs = []
     try:
+        mode = "open" if args.rate else "closed"
         for r in range(args.runs):
-            batches = _prepare(net, "closed", None, duration + _warmup(duration))
-            say(f"run {r + 1}/{args.runs}: closed loop for {duration:g} s...")
+            batches = _prepare(net, mode, args.rate, duration + _warmup(duration))
+            say(f"run {r + 1}/{args.runs}: {mode} loop for {duration:g} s...")
             doc = run_once(
-                net, batches, mode="closed", rate=None, warmup_s=_warmup(duration),
+                net, batches, mode=mode, rate=args.rate, warmup_s=_warmup(duration),
                 window_s=duration, ceiling_tps=ceiling,
             )  # fmt: skip
             say(run_line(doc))

@@ -1,0 +1,239 @@
+"""The benchmark harness: its pure parts, and one short end-to-end smoke run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node import bench
+from node.bench import BenchError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def args(**overrides: Any) -> argparse.Namespace:
+    base: dict[str, Any] = {
+        "scenario": "throughput",
+        "validators": 4,
+        "nodes": [],
+        "keys": None,
+        "duration": 10.0,
+        "rate": None,
+        "clients": 16,
+        "out": None,
+        "runs": 1,
+        "txs": None,
+        "keep": False,
+    }
+    base.update(overrides)
+    return argparse.Namespace(**base)
+
+
+# -- statistics -------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [10.0, 20.0, 30.0, 40.0]
+    assert bench.percentile(values, 0) == 10.0
+    assert bench.percentile(values, 100) == 40.0
+    assert bench.percentile(values, 50) == 25.0
+    assert bench.percentile(values, 99) == pytest.approx(39.7)
+    assert bench.percentile([5.0], 99) == 5.0
+    assert bench.percentile([], 50) is None
+
+
+def test_percentile_agrees_with_statistics_inclusive_quantiles() -> None:
+    values = [float((i * 37) % 101) for i in range(1, 300)]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    for q in (1, 50, 95, 99):
+        assert bench.percentile(values, q) == pytest.approx(cuts[q - 1])
+
+
+def test_percentile_refuses_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        bench.percentile([1.0], 101)
+
+
+def test_latency_summary_in_milliseconds() -> None:
+    summary = bench.latency_summary([0.1, 0.2, 0.3])
+    assert summary == {"count": 3, "p50": 200.0, "p95": 290.0, "p99": 298.0, "mean": 200.0,
+                       "max": 300.0}  # fmt: skip
+    assert bench.latency_summary([])["p50"] is None
+
+
+def test_ceiling_ratio() -> None:
+    # 4 validators sharing 2 cores of a 16,000 tx/s single-core pipeline: 8,000 tx/s ideal
+    assert bench.ceiling_ratio(4000, 16000, 2, 4) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        bench.ceiling_ratio(1, 0, 2, 4)
+
+
+def test_spread_of_total_work() -> None:
+    assert bench.spread([100.0, 100.0]) == 0
+    assert bench.spread([100.0, 70.0, 90.0]) == pytest.approx(0.3)
+    assert bench.spread([]) is None
+
+
+# -- pacing ------------------------------------------------------------------------
+
+
+def test_txs_due_follows_the_rate() -> None:
+    assert bench.txs_due(1000, 0.0, 0) == 0
+    assert bench.txs_due(1000, 0.5, 0) == 500
+    assert bench.txs_due(1000, 0.5, 400) == 100
+    assert bench.txs_due(1000, 0.5, 600) == 0  # ahead of schedule: nothing owed
+    assert bench.txs_due(3, 1.0, 0) == 3  # no float shortfall at exact multiples
+    with pytest.raises(ValueError):
+        bench.txs_due(0, 1.0, 0)
+
+
+def test_open_loop_batch_is_one_tick_of_transactions() -> None:
+    assert bench.open_loop_batch(1000) == 50
+    assert bench.open_loop_batch(1) == 1
+    assert bench.open_loop_batch(10_000_000) == bench.BATCH_TXS
+
+
+def test_window_room_bounds_uncommitted_transactions() -> None:
+    assert bench.window_room(0, 0, 100) == 100
+    assert bench.window_room(80, 30, 100) == 50
+    assert bench.window_room(300, 30, 100) == 0
+    assert bench.window_room(10, 50, 100) == 100  # committed more than we sent (other clients)
+
+
+def test_pregen_count_covers_the_run() -> None:
+    assert bench.pregen_count("open", 100, 10) >= 1000
+    closed = bench.pregen_count("closed", None, 10)
+    assert closed >= bench.PEAK_RATE_GUESS * 10 + bench.WINDOW_TXS
+    assert bench.pregen_count("closed", None, 10**6) == bench.PREGEN_TXS_MAX
+    with pytest.raises(ValueError):
+        bench.pregen_count("open", None, 10)
+
+
+# -- arguments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"scenario": "nope"}, "scenario"),
+        ({"validators": 0}, "--validators"),
+        ({"duration": 0.5}, "--duration"),
+        ({"rate": 0.0}, "--rate"),
+        ({"rate": 1e9}, "--rate"),
+        ({"clients": 0}, "--clients"),
+        ({"runs": 0}, "--runs"),
+        ({"txs": 0}, "--txs"),
+        ({"nodes": ["http://127.0.0.1:1"]}, "--keys"),
+        ({"nodes": ["ftp://x"], "keys": Path("k")}, "http"),
+        ({"scenario": "catchup", "nodes": ["http://a"], "keys": Path("k")}, "--nodes"),
+        ({"scenario": "catchup", "validators": 3}, "catchup"),
+    ],
+)
+def test_check_args_refuses(overrides: dict[str, Any], words: str) -> None:
+    with pytest.raises(BenchError, match=words):
+        bench.check_args(args(**overrides))
+
+
+def test_check_args_accepts_defaults() -> None:
+    bench.check_args(args())
+    bench.check_args(args(scenario="latency", rate=500.0, nodes=["http://a"], keys=Path("k")))
+
+
+def test_parse_nodes() -> None:
+    assert bench.parse_nodes("http://a:1/, http://b:2") == ["http://a:1", "http://b:2"]
+    assert bench.parse_nodes("") == []
+
+
+def test_cli_refuses_bad_bench_arguments() -> None:
+    from node.cli import main
+
+    assert main(["bench", "nope"]) == 2
+    assert main(["bench", "throughput", "--runs", "0"]) == 2
+
+
+# -- /proc parsing -----------------------------------------------------------------------
+
+
+def test_cpu_seconds_handles_spaces_and_parens_in_the_name() -> None:
+    fields = ["S", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "250", "50", "0", "0"]
+    line = "1234 (py thon (x)) " + " ".join(fields)
+    assert bench.cpu_seconds(line, 100) == pytest.approx(3.0)
+
+
+def test_vm_hwm() -> None:
+    assert bench.vm_hwm_kib("Name:\tx\nVmHWM:\t  204800 kB\nVmRSS:\t1 kB\n") == 204800
+    assert bench.vm_hwm_kib("Name:\tx\n") is None
+
+
+def test_own_process_is_measurable() -> None:
+    import os
+
+    assert bench.process_cpu_s(os.getpid()) is not None
+    assert (bench.process_peak_rss_mb(os.getpid()) or 0) > 1
+
+
+# -- output shape -----------------------------------------------------------------------
+
+
+def _run(tps: float, p50: float, n: int = 4) -> dict[str, Any]:
+    return {
+        "validators": n,
+        "committed_tps": tps,
+        "ratio": tps / 8000,
+        "latency_ms": {"p50": p50, "p99": 2 * p50},
+        "nodes": [{"rss_peak_mb": 100.0}, {"rss_peak_mb": 120.0}],
+    }
+
+
+def test_summary_takes_medians() -> None:
+    s = bench.summarise("throughput", [_run(1000, 10), _run(3000, 30), _run(2000, 20)])
+    assert s["committed_tps_median"] == 2000
+    assert s["latency_p50_ms_median"] == 20
+    assert s["latency_p99_ms_median"] == 40
+    assert s["rss_peak_mb_max"] == 120.0
+
+
+def test_scale_summary_compares_total_work() -> None:
+    s = bench.summarise("scale", [_run(4000, 1, 4), _run(1000, 1, 16)])
+    assert s["work_tps_x_n"] == {"4": 16000, "16": 16000}
+    assert s["work_spread"] == 0
+
+
+def test_result_document_has_every_field() -> None:
+    doc = bench.result("throughput", {"validators": 4}, {"txs_per_s": 9000.0, "txs": 8},
+                       [_run(1000, 10)], [1.0])  # fmt: skip
+    assert set(bench.RESULT_FIELDS) <= set(doc)
+    json.dumps(doc)  # plain JSON
+    assert "9000 tx/s" in bench.human(doc)
+
+
+def test_ceiling_is_measured_on_a_real_store() -> None:
+    c = bench.measure_ceiling(count=200, block_txs=100)
+    assert c["txs"] == 200 and c["txs_per_s"] > 0
+
+
+# -- end to end -------------------------------------------------------------------------
+
+
+def test_smoke_throughput_run_writes_the_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "node.cli", "bench", "throughput", "--duration", "3",
+           "--validators", "4", "--rate", "300", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(bench.RESULT_FIELDS) <= set(doc)
+    (run,) = doc["runs"]
+    assert set(bench.RUN_FIELDS) <= set(run)
+    assert run["committed_txs"] > 0 and run["committed_tps"] > 0
+    assert run["chain_txs"] >= run["committed_txs"]
+    assert run["latency_ms"]["count"] > 0
+    assert len(run["nodes"]) == 4 and all(n["rss_peak_mb"] for n in run["nodes"])
+    assert "committed_tps_median" in proc.stdout
