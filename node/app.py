@@ -41,18 +41,34 @@ Receipt status codes (`Code`): 0 applied, 1 bad_encoding, 2 bad_signature,
 7 value_too_large, 8 expired, 9 ttl_too_long, 10 duplicate, 11 mempool_full
 (API answers only, never in a receipt).
 
+Governance
+----------
+Ops `gov.propose` and `gov.approve` (node/governance.py) change agencies,
+member keys, validators and parameters; their state lives under `gov/` state
+keys. Membership and parameters are read from the governance state committed
+before the block (`self.gov`), so a change takes effect from the next block.
+A rejected governance transaction gets receipt 12 `gov_rejected`.
+
 State root
 ----------
-For now a hash chain: root(h) = sha256(root(h-1) || sha256(canonical
-encoding of block h's writes)), root(0) = sha256(genesis hash). A later issue
-replaces it with a Merkle structure; only `next_state_root` knows.
+The root of a sparse Merkle tree (storage/state_tree.py) over every state key
+(records and `gov/` entries): leaf = (sha256(state key), `value_hash(height,
+version, value)` of node/proofs.py); a deleted key leaves the tree. Root of
+height 0 (genesis) is the empty tree's. Only the keys a block writes are
+re-hashed. Tree nodes, the root reference per height (`smt/r/`) and the list
+of replaced nodes (`smt/s/`) are meta entries of the block's own commit, so
+tree and blocks never disagree; replaced nodes are deleted
+`STATE_VERSIONS_KEPT` heights later (proofs against older roots fail then).
 Meta written in the block's commit: `app/state_root` (latest), `app/root/<u64
 BE height>` (every height, kept), `app/tx_count` (u64 BE running total of
-applied transactions).
+applied transactions), and `proof/epoch/<u64 E>` (node/proofs.py) once the
+header certifying a validator-set change has committed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
 import threading
 from collections import OrderedDict
@@ -73,9 +89,13 @@ from consensus.types import (
     Transaction,
     signed_payload,
 )
+from node import governance
 from node.genesis import Genesis
+from node.governance import GOV_OPS, GovBlock, GovError, GovState
+from node.proofs import epoch_change_json, epoch_proof_key, value_hash
 from node.txs import decode_tx
 from node.verify_pool import VerifyItem, verify_serial
+from storage import state_tree
 from storage.store import StateWrite, StoreError
 
 OPS = frozenset({"put", "delete"})
@@ -87,6 +107,7 @@ VERIFIED_CACHE_TXS_MAX = 100_000
 VERIFIED_CACHE_BYTES_MAX = 128 * 1024 * 1024
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
+STATE_VERSIONS_KEPT = 256  # heights whose state tree stays provable
 
 _U64 = struct.Struct(">Q")
 
@@ -106,6 +127,7 @@ class Code(IntEnum):
     TTL_TOO_LONG = 9
     DUPLICATE = 10
     MEMPOOL_FULL = 11
+    GOV_REJECTED = 12
 
 
 _DUPLICATE = int(Code.DUPLICATE)  # receipts hold plain ints
@@ -145,6 +167,10 @@ class Executed:
     height: int = 0
     tx_hashes: tuple[bytes, ...] = ()  # of the block's transactions, in order
     applied: int = 0  # transactions with status 0
+    gov: Any = None  # GovState after this block
+    # validator-set epochs decided in this block: (epoch, first_height, node ids)
+    new_epochs: tuple[tuple[int, int, tuple[bytes, ...]], ...] = ()
+    tree_update: Any = None  # storage.state_tree.Update
 
 
 class Store(Protocol):
@@ -177,13 +203,8 @@ def root_meta_key(height: int) -> bytes:
 
 
 def genesis_state_root(genesis_hash: bytes) -> bytes:
-    return sha256(genesis_hash)
-
-
-def next_state_root(prev_root: bytes, writes: Sequence[StateWrite]) -> bytes:
-    """The state root after applying `writes` on top of `prev_root` (hash chain, for now)."""
-    encoded = codec.pack([[w.key, w.value, w.tx_index] for w in writes])
-    return sha256(prev_root + sha256(encoded))
+    """The state root of height 0: the empty tree (genesis membership is not in the tree)."""
+    return state_tree.EMPTY_ROOT
 
 
 class Application:
@@ -202,8 +223,8 @@ class Application:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.genesis_root = genesis_state_root(genesis.hash())
-        self._value_bytes_max = genesis.params.record_value_bytes_max
-        self._ttl_blocks_max = genesis.params.tx_ttl_blocks_max
+        self.tree = state_tree.StateTree(store.get_meta)
+        self.gov = self._load_gov()
         self._verify_many = verify_many
         self._cache_txs_max = verified_cache_txs_max
         self._cache_bytes_max = verified_cache_bytes_max
@@ -286,33 +307,132 @@ class Application:
         head = self.store.head_height()
         if height != head + 1:
             raise ValueError(f"cannot execute block {height} on head {head}")
-        prev_root = self._current_root(head)
+        prev_ref = self.root_ref_at(head)
         hashes = tuple(sha256(raw) for raw in block.txs)
         with self._lock:
             cached = [self._verified.get(h) for h in hashes]
         status, txs, unverified = self._screen(block.txs, hashes, cached, height)
         if unverified:
             self._check_signatures(unverified, txs, status)
-        writes = [
-            StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
-            for i, tx in enumerate(txs)
-            if tx is not None and status[i] == Code.APPLIED
-        ]
-        root = next_state_root(prev_root, writes)
+        gb = GovBlock(
+            self.gov, height, self.genesis.params.pipeline_depth,
+            self.genesis.params.checkpoint_interval,
+        )  # fmt: skip
+        writes: list[StateWrite] = []
+        for i, tx in enumerate(txs):
+            if tx is None or status[i] != Code.APPLIED:
+                continue
+            if tx.op in GOV_OPS:
+                before = dict(gb.writes)
+                if not self._execute_gov(gb, tx):
+                    status[i] = int(Code.GOV_REJECTED)
+                    gb.writes = before
+                    continue
+                writes.extend(
+                    StateWrite(k, v, i) for k, v in gb.writes.items() if before.get(k) != v
+                )
+            else:
+                writes.append(
+                    StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
+                )
+        update = self._update_tree(prev_ref, writes, height)
+        root = update.root_hash
         applied = status.count(Code.APPLIED)
-        meta = {
+        meta: dict[bytes, bytes | None] = {
             META_STATE_ROOT: root,
             root_meta_key(height): root,
             META_TX_COUNT: _U64.pack(self.tx_count() + applied),
         }
-        return Executed(writes, status, meta, root, height, hashes, applied)
+        meta.update(update.puts)
+        meta[state_tree.root_key(height)] = state_tree.encode_root(update.root)
+        if update.stale:
+            meta[state_tree.stale_key(height)] = state_tree.encode_stale(update.stale)
+        self._prune(height, meta)
+        return Executed(
+            writes, status, meta, root, height, hashes, applied,  # type: ignore[arg-type]
+            gb.state, tuple(gb.new_epochs), update,
+        )  # fmt: skip
+
+    def _execute_gov(self, gb: GovBlock, tx: Transaction) -> bool:
+        """Apply one governance transaction to `gb`; False if it is rejected."""
+        try:
+            if tx.op == governance.OP_PROPOSE:
+                gb.propose(tx.agency, tx.value)
+            else:
+                pid = governance.decode_approval(tx.value)
+                gb.approve(tx.agency, gb.proposals.get(pid) or self.proposal(pid))
+        except GovError:
+            return False
+        return True
+
+    def _update_tree(
+        self, prev: state_tree.NodeRef | None, writes: Sequence[StateWrite], height: int
+    ) -> state_tree.Update:
+        """The tree after `writes` (last write of a key wins; versions counted as the store does)."""
+        counts: dict[bytes, int] = {}
+        last: dict[bytes, bytes | None] = {}
+        for w in writes:
+            counts[w.key] = counts.get(w.key, 0) + 1
+            last[w.key] = w.value
+        changes: dict[bytes, bytes | None] = {}
+        get = self.store.get_record
+        for key, value in last.items():
+            if value is None:
+                changes[state_tree.key_hash(key)] = None
+                continue
+            current = get(key)
+            version = (0 if current is None else current.version) + counts[key]
+            changes[state_tree.key_hash(key)] = value_hash(height, version, value)
+        return self.tree.update(prev, changes, height)
+
+    def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> None:
+        """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago (same batch)."""
+        old = height - STATE_VERSIONS_KEPT
+        if old < 1:
+            return
+        raw = self.store.get_meta(state_tree.stale_key(old))
+        if raw is not None:
+            for key in state_tree.decode_stale(raw):
+                meta[key] = None
+            meta[state_tree.stale_key(old)] = None
 
     def apply(self, cb: CertifiedBlock) -> Executed:
         """Execute a committed block and commit it with its effects in one synced batch."""
         executed = self.execute(cb.block)
+        self._add_epoch_proofs(cb, executed.meta)
         self.store.commit_block(cb, executed.writes, executed.meta, executed.tx_status, sync=True)
         self.forget(executed.tx_hashes)
+        if executed.tree_update is not None:
+            self.tree.committed(executed.tree_update)
+        if executed.gov is not None:
+            self.gov = executed.gov
         return executed
+
+    def _add_epoch_proofs(self, cb: CertifiedBlock, meta: dict[bytes, bytes | None]) -> None:
+        """When `cb`'s header certifies a state holding a pending epoch record, keep its proof.
+
+        The proof (node/proofs.py `epoch_change_json`) needs an old tree version,
+        so it is made once, now, and kept in meta for every later bundle.
+        """
+        header = cb.block.header
+        if header.is_null or not self.gov.epochs:
+            return
+        for epoch, first, ids in self.gov.epochs:
+            if header.height >= first:
+                continue  # too late: this header is signed by the new set
+            if self.store.get_meta(epoch_proof_key(epoch)) is not None:
+                continue
+            rv = self.store.get_record(governance.epoch_key(epoch))
+            if rv is None or rv.height > header.state_height:
+                continue
+            proof = self.tree.prove(
+                self.root_ref_at(header.state_height),
+                state_tree.key_hash(governance.epoch_key(epoch)),
+            )
+            doc = epoch_change_json(
+                epoch, first, ids, rv.height, rv.version, proof, header, cb.certificate
+            )
+            meta[epoch_proof_key(epoch)] = json.dumps(doc, sort_keys=True).encode()
 
     def _screen(
         self,
@@ -366,29 +486,38 @@ class Application:
 
     def _violation(self, tx: Transaction, height: int) -> tuple[Code, str] | None:
         """The first stateless rule `tx` breaks if included at `height`, or None."""
-        if tx.op not in OPS:
-            return Code.BAD_OP, f"unknown op {tx.op!r} (expected put or delete)"
+        gov = self.gov
+        if tx.op not in OPS and tx.op not in GOV_OPS:
+            return (
+                Code.BAD_OP,
+                f"unknown op {tx.op!r} (expected put, delete, gov.propose, gov.approve)",
+            )
         if tx.op == "delete" and tx.value:
             return Code.BAD_OP, "a delete carries no value"
-        agency = self.genesis.agency(tx.agency)
+        agency = gov.agency(tx.agency)
         if agency is None:
-            return Code.UNKNOWN_AGENCY, f"no agency {tx.agency!r} in genesis"
-        if self.genesis.agency_of_member(tx.sender) != tx.agency:
+            return Code.UNKNOWN_AGENCY, f"no agency {tx.agency!r}"
+        if gov.agency_of_member(tx.sender) != tx.agency:
             return Code.NOT_A_MEMBER, f"sender is not a member of agency {tx.agency!r}"
+        if tx.op in GOV_OPS:
+            try:
+                if tx.op == governance.OP_PROPOSE:
+                    governance.decode_action(tx.value)
+                else:
+                    governance.decode_approval(tx.value)
+            except GovError as exc:
+                return Code.BAD_OP, str(exc)
         if not 1 <= len(tx.key) <= MAX_RECORD_KEY_BYTES:
             return Code.KEY_TOO_LARGE, f"record key must be 1 to {MAX_RECORD_KEY_BYTES} bytes"
-        if len(tx.value) > self._value_bytes_max:
-            return (
-                Code.VALUE_TOO_LARGE,
-                f"value of {len(tx.value)} bytes exceeds {self._value_bytes_max}",
-            )
+        value_max, ttl_max = gov.params.record_value_bytes_max, gov.params.tx_ttl_blocks_max
+        if len(tx.value) > value_max:
+            return (Code.VALUE_TOO_LARGE, f"value of {len(tx.value)} bytes exceeds {value_max}")
         if tx.valid_until < height:
             return Code.EXPIRED, f"valid until height {tx.valid_until}, now {height}"
-        if tx.valid_until > height + self._ttl_blocks_max:
+        if tx.valid_until > height + ttl_max:
             return (
                 Code.TTL_TOO_LONG,
-                f"valid_until {tx.valid_until} is more than {self._ttl_blocks_max} "
-                f"blocks after {height}",
+                f"valid_until {tx.valid_until} is more than {ttl_max} blocks after {height}",
             )
         return None
 
@@ -408,6 +537,71 @@ class Application:
         """Applied transactions committed so far."""
         raw = self.store.get_meta(META_TX_COUNT)
         return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def root_ref_at(self, height: int) -> state_tree.NodeRef | None:
+        """The state tree's root reference after `height` (None: the empty tree)."""
+        if height == 0:
+            return None
+        raw = self.store.get_meta(state_tree.root_key(height))
+        if raw is None:
+            raise StoreError(f"no state tree root for height {height} (pruned or not executed)")
+        return state_tree.decode_root(raw)
+
+    def prove_state(self, height: int, khash: bytes) -> state_tree.Proof:
+        """Merkle proof of `khash` (value or absence) in the state after `height`."""
+        return self.tree.prove(self.root_ref_at(height), khash)
+
+    def proposal(self, pid: int) -> governance.Proposal | None:
+        rv = self.store.get_record(governance.proposal_key(pid))
+        if rv is None or rv.value is None:
+            return None
+        return governance.Proposal.decode(rv.value)
+
+    def proposals(self, limit: int = 100) -> list[governance.Proposal]:
+        """The newest proposals first, at most `limit`."""
+        out = []
+        for pid in range(self.gov.next_id - 1, 0, -1):
+            p = self.proposal(pid)
+            if p is not None:
+                out.append(p)
+            if len(out) >= limit:
+                break
+        return out
+
+    def epochs(self) -> list[tuple[int, Any]]:
+        """(first height, consensus ValidatorSet) of every epoch, genesis first (for the replica)."""
+        from consensus.validators import ValidatorSet
+
+        out: list[tuple[int, Any]] = [(1, ValidatorSet(0, self.genesis.node_ids()))]
+        for epoch, first, ids in self.gov.epochs:
+            out.append((first, ValidatorSet(epoch, ids)))
+        return out
+
+    def _load_gov(self) -> GovState:
+        """Governance state committed in the store (genesis overlaid with `gov/` entries)."""
+        state = GovState.from_genesis(self.genesis)
+        get = self.store.get_record
+        raw = {k: get(k) for k in (
+            governance.KEY_AGENCIES, governance.KEY_VALIDATORS, governance.KEY_PARAMS,
+            governance.KEY_NEXT_ID,
+        )}  # fmt: skip
+        changes: dict[str, Any] = {}
+        if raw[governance.KEY_AGENCIES] is not None:
+            changes["agencies"] = GovState.decode_agencies(raw[governance.KEY_AGENCIES].value)
+        if raw[governance.KEY_VALIDATORS] is not None:
+            changes["validators"] = GovState.decode_validators(raw[governance.KEY_VALIDATORS].value)
+        if raw[governance.KEY_PARAMS] is not None:
+            changes["params"] = GovState.decode_params(raw[governance.KEY_PARAMS].value)
+        if raw[governance.KEY_NEXT_ID] is not None:
+            changes["next_id"] = _U64.unpack(raw[governance.KEY_NEXT_ID].value)[0]
+        epochs = []
+        e = 1
+        while (rv := get(governance.epoch_key(e))) is not None and rv.value is not None:
+            epochs.append(governance.decode_epoch(rv.value))
+            e += 1
+        if epochs:
+            changes["epochs"] = tuple(epochs)
+        return dataclasses.replace(state, **changes) if changes else state
 
     def _current_root(self, head: int) -> bytes:
         if head == 0:

@@ -32,7 +32,6 @@ from node.app import (
     Code,
     Rejected,
     code_name,
-    next_state_root,
     record_state_key,
 )
 from node.genesis import Genesis
@@ -296,7 +295,7 @@ def test_code_names() -> None:
     assert code_name(0) == "applied" and code_name(2) == "bad_signature"
     assert code_name(99) == "status_99"
     assert Rejected("ttl_too_long", "x").status == 9
-    assert [int(c) for c in Code] == list(range(12))
+    assert [int(c) for c in Code] == list(range(13))  # 12: gov_rejected
 
 
 # -- execution -----------------------------------------------------------------
@@ -363,14 +362,19 @@ def test_execute_is_read_only_and_checks_the_height(app: Application, store: Any
 
 
 def test_state_roots_chain_and_are_kept_per_height(app: Application, store: Any) -> None:
-    genesis_root = sha256(store.genesis_hash)
+    from node.proofs import value_hash
+    from storage import state_tree
+
+    genesis_root = state_tree.EMPTY_ROOT
     assert app.state_root() == genesis_root == app.state_root_at(0)
     e1 = app.apply(make_block(store, [tx(record="a")]))
-    assert e1.state_root == next_state_root(genesis_root, e1.writes)
-    encoded = codec.pack([[w.key, w.value, w.tx_index] for w in e1.writes])
-    assert e1.state_root == sha256(genesis_root + sha256(encoded))
+    (w,) = e1.writes
+    assert e1.state_root != genesis_root
+    khash = state_tree.key_hash(w.key)
+    proof = app.prove_state(1, khash)
+    assert state_tree.verify(e1.state_root, khash, value_hash(1, 1, w.value), proof)
     e2 = app.apply(make_block(store, []))  # an empty block still advances the chain
-    assert e2.state_root == next_state_root(e1.state_root, [])
+    assert e2.state_root == e1.state_root  # no writes, same state
     assert app.state_root_at(1) == e1.state_root and app.state_root_at(2) == e2.state_root
     assert app.state_root_at(3) is None and app.state_root() == e2.state_root
     assert store.get_meta(META_STATE_ROOT) == e2.state_root
