@@ -221,6 +221,8 @@ class Cluster:
         self.validators: tuple[bytes, ...] = tuple(k.public for k in keys)
         self.quorum = (options.n + options.f) // 2 + 1
         self._factory = replica_factory or _real_replica_factory
+        # the journal's format is the real replica's (consensus.journal_codec)
+        self.check_vote_durability = replica_factory is None
         self.checker = StateChecker(
             chain_id=CHAIN_ID,
             validators=self.validators,
@@ -447,7 +449,12 @@ class Cluster:
                 self._route(node, dst, payload)
             return
         if node.correct:
-            self.checker.on_send(node.name, node.node_id, message)
+            r = node.replica
+            if self.check_vote_durability and r is not None:
+                durable_from = (r.view, r.stable_height, r.committed_height)
+                self.checker.on_send(node.name, node.node_id, message, node.journal, durable_from)
+            else:
+                self.checker.on_send(node.name, node.node_id, message)
         self._route(node, to, message)
 
     def send_raw(self, node: SimNode, to: bytes | None, payload: Any) -> None:

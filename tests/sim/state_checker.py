@@ -18,6 +18,10 @@ Invariants (a `Violation` names which one broke):
 - `equivocation`: no correct replica signs two votes with the same (kind, view,
   height) and different digests -- watched on every message it emits,
   across crashes and restarts;
+- `vote_durable`: when a correct replica's vote leaves, the journal already
+  holds (durably) the record that stops it signing another digest after a
+  crash (`consensus.journal_codec`; the cause of `equivocation`, caught before
+  a crash at the wrong moment turns it into one);
 - `evidence`: evidence a correct replica reports holds two validly signed,
   conflicting votes of the accused, and never accuses a correct replica.
 
@@ -31,7 +35,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from consensus import codec
+from consensus import codec, journal_codec
 from consensus.crypto import ZERO_HASH, Domain, Verifier
 from consensus.types import (
     CertifiedBlock,
@@ -90,13 +94,32 @@ class StateChecker:
 
     # -- what correct replicas send ---------------------------------------------
 
-    def on_send(self, sender: str, sender_id: bytes, message: object) -> None:
-        """A correct replica emitted `message` (before any network fault touches it)."""
+    def on_send(
+        self,
+        sender: str,
+        sender_id: bytes,
+        message: object,
+        journal: dict[bytes, bytes] | None = None,
+        durable_from: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
+        """A correct replica emitted `message` (before any network fault touches it).
+
+        `journal` is its durable journal at that moment (None: not checked).
+        `durable_from` = (view, stable height, committed height) of the replica:
+        records of older views and of heights at or below the stable checkpoint
+        are garbage-collected, and a NEW-VIEW's re-proposals of committed heights
+        need none (the replica never signs another block at a committed height).
+        """
+        view, stable, committed = durable_from
         if isinstance(message, PrePrepare | Prepare | Commit):
             self._vote(sender, sender_id, message)
+            if journal is not None and message.view >= view and message.height > stable:
+                self._durable(sender, sender_id, message, journal)
         elif isinstance(message, NewView):
             for pp in message.pre_prepares:
                 self._vote(sender, sender_id, pp)
+                if journal is not None and pp.height > max(stable, committed):
+                    self._durable(sender, sender_id, pp, journal)
         elif isinstance(message, Checkpoint) and message.replica == sender_id:
             self._checkpoint(sender, message)
 
@@ -113,6 +136,24 @@ class StateChecker:
                 "equivocation",
                 f"correct replica {sender} signed {VoteKind(kind).name} view={vote.view} "
                 f"height={vote.height} for {seen.hex()[:12]} and {digest.hex()[:12]}",
+            )
+
+    def _durable(
+        self,
+        sender: str,
+        sender_id: bytes,
+        vote: PrePrepare | Prepare | Commit,
+        journal: dict[bytes, bytes],
+    ) -> None:
+        if vote.replica != sender_id:
+            return
+        kind = int(_KIND[type(vote)])
+        key = journal_codec.vote_key(kind, vote.view, vote.height)
+        if journal.get(key) != journal_codec.encode_vote(kind, vote.view, vote.height, vote.digest):
+            self.fail(
+                "vote_durable",
+                f"{sender} sent {VoteKind(kind).name} view={vote.view} height={vote.height} "
+                "before its journal record was persisted",
             )
 
     def _checkpoint(self, sender: str, cp: Checkpoint) -> None:

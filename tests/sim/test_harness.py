@@ -287,3 +287,17 @@ def test_checker_accepts_true_evidence_and_reports_false_accusations() -> None:
         checker.on_evidence("a", _evidence(p1, unsigned), faulty_only)
     with pytest.raises(Violation, match="undecodable"):
         checker.on_evidence("a", _evidence(p1, p2, kind=3), faulty_only)
+
+
+def test_checker_reports_a_vote_sent_before_its_journal_record() -> None:
+    from consensus import journal_codec
+
+    checker, keys = _checker()
+    k = keys[2]
+    vote = _signed(k, Commit(4, 9, b"\x05" * 32, k.public, bytes(64)))
+    record = {journal_codec.vote_key(3, 4, 9): journal_codec.encode_vote(3, 4, 9, b"\x05" * 32)}
+    checker.on_send("c", k.public, vote, record, (4, 0, 8))
+    checker.on_send("c", k.public, vote, {}, (5, 0, 8))  # an old view's record may be gone
+    checker.on_send("c", k.public, vote, {}, (4, 9, 9))  # at or below the stable checkpoint
+    with pytest.raises(Violation, match="vote_durable"):
+        checker.on_send("c", k.public, vote, {}, (4, 0, 8))
