@@ -84,9 +84,8 @@ def state_height(height: int, pipeline_depth: int) -> int:
     return max(0, height - pipeline_depth)
 
 
-def check_block(block: Block, limits: BlockLimits, vset: ValidatorSet) -> str | None:
-    """Everything about a block that needs no chain context. None = fine."""
-    hd = block.header
+def check_header(hd: BlockHeader, limits: BlockLimits, vset: ValidatorSet) -> str | None:
+    """Everything about a header that needs no chain context. None = fine."""
     if hd.chain_id != limits.chain_id:
         return "wrong_chain"
     if hd.height < 1:
@@ -95,6 +94,17 @@ def check_block(block: Block, limits: BlockLimits, vset: ValidatorSet) -> str | 
         return "wrong_epoch"
     if hd.state_height != state_height(hd.height, limits.pipeline_depth):
         return "bad_state_height"
+    if hd.tx_count > limits.block_txs_max:
+        return "block_too_many_txs"
+    return None
+
+
+def check_block(block: Block, limits: BlockLimits, vset: ValidatorSet) -> str | None:
+    """Everything about a block that needs no chain context. None = fine."""
+    hd = block.header
+    bad = check_header(hd, limits, vset)
+    if bad is not None:
+        return bad
     if hd.tx_count != len(block.txs):
         return "bad_tx_count"
     if len(block.txs) > limits.block_txs_max:
@@ -106,6 +116,24 @@ def check_block(block: Block, limits: BlockLimits, vset: ValidatorSet) -> str | 
     if hd.tx_root != merkle.root(block.txs):
         return "bad_tx_root"
     return None
+
+
+def is_stripped(block: Block) -> bool:
+    """A header travelling without its transactions (see `strip`)."""
+    return len(block.txs) != block.header.tx_count
+
+
+def strip(block: Block) -> Block:
+    """The block without its transactions: what VIEW-CHANGE and NEW-VIEW carry for
+    heights the sender has committed (anyone behind fetches them with their
+    certificate), so that view-change messages stay small under load."""
+    return Block(block.header, ()) if block.txs else block
+
+
+def may_strip(vset: ValidatorSet) -> bool:
+    """Stripped certificates rest on their PREPAREs alone: q-1 of them must include a
+    correct replica, which only prepares what the primary really proposed."""
+    return vset.quorum - 1 >= vset.f + 1
 
 
 def null_header(
@@ -186,19 +214,32 @@ def verify_certified_block(
 def verify_prepared_certificate(
     pc: PreparedCertificate, limits: BlockLimits, vset: ValidatorSet, verifier: Verifier
 ) -> str | None:
-    """P_m of PBFT §4.4: a signed PRE-PREPARE of the view's primary and q-1 matching PREPAREs."""
+    """P_m of PBFT §4.4: a signed PRE-PREPARE of the view's primary and q-1 matching PREPAREs.
+
+    A stripped certificate (the block without its transactions, `strip`) has no
+    checkable PRE-PREPARE signature; its q-1 PREPAREs from distinct backups stand
+    for it (`may_strip`): two certificates for different digests at one (view,
+    height) would need a correct backup to prepare both, as with full ones.
+    """
     pp = pc.pre_prepare
     if pp.replica != vset.primary(pp.view) or pp.height != pp.block.height:
         return "prepared_bad_pre_prepare"
     if pp.block.header.view > pp.view:
         return "prepared_bad_pre_prepare"
-    bad = check_block(pp.block, limits, vset)
-    if bad is not None:
-        return bad
     if len(pc.prepares) > vset.n:
         return "prepared_too_many_prepares"
-    if not signature_ok(verifier, limits.chain_id, pp):
-        return "prepared_bad_signature"
+    if is_stripped(pp.block):
+        if pp.block.txs or not may_strip(vset):
+            return "prepared_bad_pre_prepare"
+        bad = check_header(pp.block.header, limits, vset)
+        if bad is not None:
+            return bad
+    else:
+        bad = check_block(pp.block, limits, vset)
+        if bad is not None:
+            return bad
+        if not signature_ok(verifier, limits.chain_id, pp):
+            return "prepared_bad_signature"
     digest = pp.digest
 
     def valid(p: Any) -> bool:

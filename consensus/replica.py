@@ -69,6 +69,7 @@ this API raises `ReplicaUsageError`; broken invariants are assertions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,9 +81,12 @@ from consensus.certificates import (
     BlockLimits,
     Signer,
     check_block,
+    is_stripped,
+    may_strip,
     sign,
     signature_ok,
     state_height,
+    strip,
     verify_certified_block,
     verify_checkpoint_proof,
     verify_prepared_certificate,
@@ -849,6 +853,8 @@ class Replica:
             self._retry_held()
 
     def _remember_block(self, slot: Slot, block: Block) -> None:
+        if is_stripped(block):
+            return  # a header only: the block comes by catch-up once committed
         digest = block.hash()
         if digest in slot.blocks:
             return
@@ -1028,6 +1034,7 @@ class Replica:
                 and message.view == view
                 and message.height == h
                 and message.digest == digest
+                and not is_stripped(message.block)
                 and signature_ok(self.verifier, self.config.chain_id, message)
             ):
                 return message.block
@@ -1161,7 +1168,7 @@ class Replica:
         if self.node_id is None or self.node_id not in self.vset:
             return
         top = self.stable_height + self.config.window  # what peers accept (_check_view_change)
-        prepared = tuple(self.pcerts[h] for h in sorted(self.pcerts) if h <= top)
+        prepared = tuple(self._reported(self.pcerts[h]) for h in sorted(self.pcerts) if h <= top)
         vc = self._sign(
             ViewChange(
                 new_view=self.changing_view,
@@ -1174,6 +1181,14 @@ class Replica:
         )
         self.vc_messages[self.node_id] = vc
         self._broadcast(vc)
+
+    def _reported(self, pc: PreparedCertificate) -> PreparedCertificate:
+        """A certificate as a VIEW-CHANGE carries it: stripped of its transactions when we
+        have committed that height (peers that lack the block fetch it, certified)."""
+        pp = pc.pre_prepare
+        if pp.height > self.committed_height or not may_strip(self.schedule.at(pp.height)):
+            return pc
+        return dataclasses.replace(pc, pre_prepare=dataclasses.replace(pp, block=strip(pp.block)))
 
     def on_view_change(self, vc: ViewChange, sender: bytes) -> None:
         if sender != vc.replica:
@@ -1251,11 +1266,23 @@ class Replica:
             return
         pps = []
         for block in blocks:
+            block = self._outgoing(block)
             pp = self._sign(PrePrepare(w, block.height, block, self.node_id, NO_SIGNATURE))
             pps.append(pp)
         nv = self._sign(NewView(w, chosen, tuple(pps), self.node_id, NO_SIGNATURE))
         self._broadcast(nv)
         self._enter_view(nv)
+
+    def _outgoing(self, block: Block) -> Block:
+        """A re-proposed block as O carries it: complete when we hold its transactions and
+        have not committed it; stripped otherwise (backups fetch committed blocks)."""
+        h = block.height
+        slot = self.slots.get(h)
+        if is_stripped(block) and slot is not None:
+            block = slot.blocks.get(block.hash(), block)
+        if h <= self.committed_height and may_strip(self.schedule.at(h)):
+            block = strip(block)
+        return block
 
     def _derive(self, vcs: Sequence[ViewChange], w: int) -> list[Block] | None:
         """O for new view w, or None when this replica lacks the base block (then catch up)."""
@@ -1329,11 +1356,19 @@ class Replica:
         for pp, block in zip(nv.pre_prepares, blocks, strict=True):
             if pp.view != nv.view or pp.replica != nv.replica or pp.height != block.height:
                 return False
-            if pp.block.header != block.header or pp.block.txs != block.txs:
+            if pp.block.header != block.header or not self._same_content(pp.block, block):
                 return False
             if not signature_ok(self.verifier, self.config.chain_id, pp):
                 return False
         return True
+
+    def _same_content(self, sent: Block, derived: Block) -> bool:
+        """Transactions of an O block (same header): stripped, or exactly the block's."""
+        if is_stripped(sent):
+            return not sent.txs and may_strip(self.schedule.at(sent.height))
+        if not is_stripped(derived):
+            return sent.txs == derived.txs
+        return check_block(sent, self.limits, self.schedule.at(sent.height)) is None
 
     def _adopt_checkpoint(self, vcs: Sequence[ViewChange]) -> None:
         """Take a higher stable checkpoint proven in the NEW-VIEW if our state agrees."""

@@ -7,6 +7,8 @@ stable checkpoint among them and top the highest prepared height:
 1. per height, the block of the prepared certificate with the highest view
    (ties, impossible with at most f faults, go to the smaller digest so the
    choice stays deterministic);
+   (a block may come stripped of its transactions, `certificates.strip`: the
+   header is what the derivation needs);
 2. walking upward from base, a chosen block is kept only if its
    `parent_hash` is the hash of the block kept (or null-filled) just below;
    otherwise, and where nothing was prepared, the height gets the one null
@@ -52,9 +54,15 @@ def choose_prepared(view_changes: Iterable[ViewChange], base: int) -> dict[int, 
             if pp.height <= base:
                 continue
             old = chosen.get(pp.height)
-            if old is None or (pp.view, _neg(pp.digest)) > (old.view, _neg(old.digest)):
+            if old is None or _rank(pp) > _rank(old):
                 chosen[pp.height] = pp
     return chosen
+
+
+def _rank(pp: PrePrepare) -> tuple[int, bytes, bool]:
+    """Highest view first; then (never with <= f faults) the smaller digest; a full block
+    beats the same block stripped of its transactions."""
+    return pp.view, _neg(pp.digest), len(pp.block.txs) == pp.block.header.tx_count
 
 
 def _neg(digest: bytes) -> bytes:

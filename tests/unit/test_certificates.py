@@ -234,3 +234,25 @@ def test_derive_keeps_a_linked_chain_from_the_base_4_4() -> None:
     assert derive_blocks(vcs, 1, BASE, 0, LIMITS, lambda h: VSET) == [b1, b2]
     vcs = [vc(1, 1, (prepared(stray, 0, [1, 2]),))]
     assert derive_blocks(vcs, 1, BASE, 0, LIMITS, lambda h: VSET)[0].header.is_null
+
+
+def test_stripped_prepared_certificate_rests_on_its_prepares_4_4() -> None:
+    """A certificate without transactions is valid only with q-1 PREPAREs (>= f+1 backups)."""
+    from consensus.certificates import may_strip, strip
+
+    b = block(1, 0, BASE, (b"a", b"b"))
+    full = prepared(b, 0, [1, 2])
+    stripped = dataclasses.replace(
+        full, pre_prepare=dataclasses.replace(full.pre_prepare, block=strip(b))
+    )
+    assert stripped.pre_prepare.block.txs == () and stripped.pre_prepare.digest == b.hash()
+    assert verify_prepared_certificate(stripped, LIMITS, VSET, VERIFIER) is None
+    short = dataclasses.replace(stripped, prepares=stripped.prepares[:1])
+    assert verify_prepared_certificate(short, LIMITS, VSET, VERIFIER) == "prepared_too_few_prepares"
+    partial = dataclasses.replace(
+        stripped,
+        pre_prepare=dataclasses.replace(stripped.pre_prepare, block=Block(b.header, (b"a",))),
+    )
+    assert verify_prepared_certificate(partial, LIMITS, VSET, VERIFIER) is not None
+    solo = ValidatorSet(0, (KEYS[0].public,))
+    assert not may_strip(solo) and may_strip(VSET)
