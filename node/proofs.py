@@ -315,7 +315,7 @@ def build_tx_bundle(store: Any, app: Any, tx_hash_: bytes) -> dict[str, Any]:
         "tx": loc.tx.hex(),
         "tx_hash": tx_hash_.hex(),
         "index": loc.index,
-        "status_code": loc.status,
+        "receipt": {"status_code": loc.status},  # the node's word: receipts are not under a root
         "proof": {"index": mp.index, "size": mp.size, "path": [p.hex() for p in mp.path]},
         "header": header_json(cb.block.header),
         "certificate": certificate_json(cb.certificate),
@@ -532,7 +532,7 @@ def _verify_tx(f: _Obj, genesis: Genesis) -> str:
     tx = f.hex("tx")
     tx_hash_ = f.hex("tx_hash", 32)
     index = f.u64("index")
-    f.opt("status_code")  # the receipt status is not under a root (informational)
+    f.opt("receipt")  # the node's word: receipts are not under a root
     header = header_from_json(f.get("header"))
     cert = certificate_from_json(f.get("certificate"))
     g = _Obj(f.get("proof"), "bundle.proof")
