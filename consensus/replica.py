@@ -330,6 +330,9 @@ class Replica:
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
         self.catchup_rotation = 0
+        for h, pc in self.pcerts.items():  # journaled blocks stay available to commit by digest
+            if self.committed_height < h <= self.accept_limit:
+                self._remember_block(self._slot(h), pc.pre_prepare.block)
 
     # -- read-only state ---------------------------------------------------------------
 

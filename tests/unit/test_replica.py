@@ -485,7 +485,10 @@ def test_restart_keeps_prepared_certificates_for_view_change() -> None:
     c.cut = lambda s, d, m: isinstance(m, Commit) and d != s
     c.propose([b"x"])
     c.restart(3)
-    assert 1 in c.nodes[3].replica.pcerts
+    r = c.nodes[3].replica
+    assert 1 in r.pcerts
+    digest = r.pcerts[1].pre_prepare.digest
+    assert r.slots[1].blocks[digest].txs == (b"x",)  # still able to deliver it by digest
 
 
 # -- catch-up ----------------------------------------------------------------------------
