@@ -64,8 +64,9 @@ from consensus.types import (
     CertifiedBlock,
     tx_hash,
 )
-from node import txs
+from node import proofs, txs
 from node.app import code_name, record_state_key
+from node.genesis import PARAM_RANGES
 
 log = logging.getLogger("redwood.api")
 
@@ -269,6 +270,16 @@ def parse_timeout(request: Request, wait_s_max: float) -> float:
     if not 0 < value <= wait_s_max:  # also refuses nan and inf
         raise ApiError(400, "bad_request", f"timeout must be seconds in (0, {wait_s_max:g}]")
     return value
+
+
+def parse_proof(request: Request) -> bool:
+    """`?proof=1` (or true): answer with a proof bundle (node/proofs.py)."""
+    value = request.query_params.get("proof")
+    if value in (None, "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise ApiError(400, "bad_proof", "proof must be 1 or 0")
 
 
 def parse_wait(request: Request) -> bool:
@@ -498,6 +509,8 @@ class _Api:
 
     async def get_tx(self, request: Request) -> Response:
         tx_hash_ = parse_hash(request.path_params["tx_hash"])
+        if parse_proof(request):
+            return JSONResponse(self._bundle(proofs.build_tx_bundle, tx_hash_))
         loc = self.view.store.get_tx(tx_hash_)
         if loc is None:
             raise ApiError(404, "not_found", "no committed transaction with this hash")
@@ -524,6 +537,8 @@ class _Api:
 
     async def get_record(self, request: Request) -> Response:
         agency, key, history = record_path(request)
+        if not history and parse_proof(request):
+            return JSONResponse(self._bundle(proofs.build_record_bundle, agency, key))
         skey = state_key(agency, key)
         current = self.view.store.get_record(skey)
         if current is None:
@@ -543,6 +558,62 @@ class _Api:
                 "next_before": versions[-1].version if more else None,
             }
         )
+
+    def _bundle(self, build: Any, *args: Any) -> dict[str, Any]:
+        """A proof bundle (node/proofs.py); 503 `proof_unavailable` when it cannot be built now."""
+        app = getattr(self.view, "app", None)
+        if app is None:
+            raise ApiError(501, "not_implemented", "this node does not serve proofs")
+        try:
+            bundle: dict[str, Any] = build(self.view.store, app, *args)
+        except proofs.ProofUnavailable as exc:
+            status = 404 if "no committed transaction" in str(exc) else 503
+            code = "not_found" if status == 404 else "proof_unavailable"
+            raise ApiError(status, code, str(exc)) from None
+        return bundle
+
+    async def gov_proposals(self, request: Request) -> Response:
+        app = getattr(self.view, "app", None)
+        if app is None:
+            raise ApiError(501, "not_implemented", "this node has no governance state")
+        limit = parse_int_param(request, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        now = self.view.store.head_height()
+        return JSONResponse(
+            {
+                "height": now,
+                "proposals": [p.to_json(now) for p in app.proposals(limit or 100)],
+                "agencies": [
+                    {"id": a.id, "name": a.name, "members": [m.hex() for m in a.members]}
+                    for a in app.gov.agencies
+                ],
+                "validators": [
+                    {
+                        "node_id": v.node_id.hex(),
+                        "agency": v.agency,
+                        "name": v.name,
+                        "address": v.address,
+                    }
+                    for v in app.gov.validators
+                ],
+                "epochs": [
+                    {"epoch": e, "first_height": first, "validators": [i.hex() for i in ids]}
+                    for e, first, ids in app.gov.epochs
+                ],
+                "params": {n: getattr(app.gov.params, n) for n in PARAM_RANGES},
+            }
+        )
+
+    async def gov_proposal(self, request: Request) -> Response:
+        app = getattr(self.view, "app", None)
+        if app is None:
+            raise ApiError(501, "not_implemented", "this node has no governance state")
+        text = request.path_params["proposal_id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 19:
+            raise ApiError(400, "bad_proposal_id", "proposal id must be a positive integer")
+        proposal = app.proposal(int(text))
+        if proposal is None:
+            raise ApiError(404, "not_found", f"no proposal {text}")
+        return JSONResponse(proposal.to_json(self.view.store.head_height()))
 
     async def validators(self, request: Request) -> Response:
         return JSONResponse({"validators": jsonable(self.view.validators())})
@@ -623,6 +694,8 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/peers", "peers"),
     ("GET", "/evidence", "evidence"),
     ("GET", "/genesis", "genesis"),
+    ("GET", "/gov/proposals", "gov_proposals"),
+    ("GET", "/gov/proposals/{proposal_id}", "gov_proposal"),
     ("GET", "/openapi.json", "openapi"),
 )
 

@@ -175,6 +175,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+_PROOF = _query(
+    "proof",
+    {"type": "string", "enum": ["0", "1", "false", "true"]},
+    "1: answer with a proof bundle that `redwood verify` checks offline (docs/proofs.md)",
+)
+
 PATHS: dict[str, dict[str, Any]] = {
     "/health": {
         "get": {
@@ -283,9 +289,13 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/txs/{tx_hash}": {
         "get": {
-            "summary": "A committed transaction and where it is",
-            "parameters": [{"name": "tx_hash", "in": "path", "required": True, "schema": HASH}],
+            "summary": "A committed transaction and where it is (with ?proof=1: a proof bundle)",
+            "parameters": [
+                {"name": "tx_hash", "in": "path", "required": True, "schema": HASH},
+                _PROOF,
+            ],
             "responses": {
+                "503": _error("?proof=1 and the proof cannot be built now (proof_unavailable)"),
                 "200": _json(
                     {
                         "allOf": [
@@ -323,9 +333,18 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/records/{agency}/{key}": {
         "get": {
-            "summary": "The current version of a record",
-            "parameters": [_AGENCY, _KEY],
-            "responses": {"200": _json(_ref("Record"), "the record"), "400": _E400, "404": _E404},
+            "summary": "The current version of a record (with ?proof=1: a proof bundle)",
+            "parameters": [_AGENCY, _KEY, _PROOF],
+            "responses": {
+                "200": _json(
+                    {"oneOf": [_ref("Record"), {"type": "object"}]},
+                    "the record; with ?proof=1 a redwood/record-proof/v1 bundle (docs/proofs.md),"
+                    " also for an absent record (value null)",
+                ),
+                "400": _E400,
+                "404": _E404,
+                "503": _error("?proof=1 and the proof cannot be built now (proof_unavailable)"),
+            },
         }
     },
     "/records/{agency}/{key}/history": {
@@ -394,6 +413,37 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "The chain's genesis document (agencies, validators, parameters)",
             "responses": {"200": _json({"type": "object"}, "genesis.json"), "404": _E404},
+        }
+    },
+    "/gov/proposals": {
+        "get": {
+            "summary": "Governance: proposals (newest first), agencies, validators, epochs, params",
+            "parameters": [
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": api.HISTORY_LIMIT_MAX},
+                    f"default {api.HISTORY_LIMIT_DEFAULT}",
+                )
+            ],
+            "responses": {"200": _json({"type": "object"}, "governance state"), "400": _E400},
+        }
+    },
+    "/gov/proposals/{proposal_id}": {
+        "get": {
+            "summary": "One governance proposal",
+            "parameters": [
+                {
+                    "name": "proposal_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            ],
+            "responses": {
+                "200": _json({"type": "object"}, "the proposal"),
+                "400": _E400,
+                "404": _E404,
+            },
         }
     },
     "/openapi.json": {
