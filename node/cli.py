@@ -1,7 +1,9 @@
 """The `redwood` command line.
 
-Commands: `init`, `testnet`, `start`, `localnet`, `repair` (operators), `status` and
-`record put|get|history` (clients of a node's HTTP API). Every failure the user
+Commands: `init`, `testnet`, `start`, `localnet`, `repair` (operators), `status`,
+`record put|get|history` and `gov propose|approve|list` (clients of a node's
+HTTP API), and `verify FILE --genesis GENESIS` (offline: checks a proof bundle
+written by `record get --proof FILE` or fetched with `?proof=1`). Every failure the user
 can cause (bad arguments, a missing home, a bad config value, an unsafe key
 file, an unreachable node) ends in one line `redwood: error: ...` on stderr and
 a non-zero exit code, never a traceback:
@@ -101,6 +103,8 @@ def build_parser() -> Parser:
     _add_repair(sub)
     _add_status(sub)
     _add_record(sub)
+    _add_gov(sub)
+    _add_verify(sub)
     _add_bench(sub)
     return parser
 
@@ -224,8 +228,61 @@ def _add_record(sub: Any) -> None:
         q = rec.add_parser(action, help=what)
         q.add_argument("agency", metavar="AGENCY")
         q.add_argument("key", metavar="KEY")
+        if action == "get":
+            q.add_argument(
+                "--proof", type=Path, metavar="FILE",
+                help="write the record's proof bundle (JSON) to FILE; check it with "
+                "`redwood verify FILE --genesis GENESIS`",
+            )  # fmt: skip
         _node_option(q)
         q.set_defaults(run=run)
+
+
+GOV_KINDS = {
+    "add-agency": ("ID", "NAME"),
+    "remove-agency": ("ID",),
+    "add-member": ("AGENCY", "PUBLIC_KEY_HEX"),
+    "remove-member": ("AGENCY", "PUBLIC_KEY_HEX"),
+    "add-validator": ("NODE_ID_HEX", "AGENCY", "NAME", "HOST:PORT"),
+    "remove-validator": ("NODE_ID_HEX",),
+    "set-param": ("NAME", "VALUE"),
+}
+
+
+def _add_gov(sub: Any) -> None:
+    p = sub.add_parser("gov", help="governance: propose, approve, list proposals")
+    gov = p.add_subparsers(dest="gov_command", metavar="ACTION", parser_class=Parser)
+    gov.required = True
+    kinds = "; ".join(f"{k} {' '.join(a)}" for k, a in GOV_KINDS.items())
+    pr = gov.add_parser("propose", help="propose a change (your agency approves it at once)")
+    pr.add_argument("kind", choices=sorted(GOV_KINDS), metavar="KIND", help=kinds)
+    pr.add_argument("args", nargs="*", metavar="ARG")
+    ap = gov.add_parser("approve", help="approve proposal ID on behalf of your agency")
+    ap.add_argument("proposal_id", type=count_arg, metavar="ID")
+    for q, run in ((pr, cmd_gov_propose), (ap, cmd_gov_approve)):
+        q.add_argument(
+            "--key", dest="key_file", required=True, type=Path, metavar="CLIENT_KEY_FILE"
+        )
+        q.add_argument("--agency", help="agency (default: the key's agency)")
+        q.add_argument("--genesis", type=Path, help="genesis file to find the key's agency in")
+        q.add_argument("--wait", action="store_true", help="wait until committed")
+        _node_option(q)
+        q.set_defaults(run=run)
+    ls = gov.add_parser("list", help="proposals, agencies, validators, epochs (JSON)")
+    _node_option(ls)
+    ls.set_defaults(run=cmd_gov_list)
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a proof bundle offline against a genesis file",
+        description="Exit 0 and print 'valid: ...' with what was proven, or exit 1 with "
+        "'invalid: <reason>'. Needs no node.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--genesis", required=True, type=Path, metavar="GENESIS")
+    p.set_defaults(run=cmd_verify)
 
 
 def _add_bench(sub: Any) -> None:
@@ -599,7 +656,97 @@ def cmd_record_put(args: argparse.Namespace) -> int:
 
 
 def cmd_record_get(args: argparse.Namespace) -> int:
-    _print_json(_client_call(args.node, lambda c: c.get_record(args.agency, args.key)))
+    if args.proof is None:
+        _print_json(_client_call(args.node, lambda c: c.get_record(args.agency, args.key)))
+        return EXIT_OK
+    bundle = _client_call(args.node, lambda c: c.get_record_proof(args.agency, args.key))
+    try:
+        args.proof.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise CliError(f"--proof {args.proof}: cannot write: {exc.strerror}") from None
+    shown = {k: bundle.get(k) for k in ("agency", "key", "value", "version", "height")}
+    shown["state_height"] = bundle.get("state_height")
+    shown["proof_file"] = str(args.proof)
+    _print_json(shown)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from node.proofs import verify_file
+
+    ok, message, seconds = verify_file(str(args.file), str(args.genesis))
+    if not ok:
+        print(f"invalid: {message}")
+        return EXIT_FAILURE
+    print(f"valid: {message} [verified in {seconds * 1000:.1f} ms]")
+    return EXIT_OK
+
+
+def _gov_signer(args: argparse.Namespace) -> tuple[Any, str]:
+    from storage.keyfile import KeyFileError, read_key
+
+    try:
+        key = read_key(args.key_file)
+    except KeyFileError as exc:
+        raise CliError(f"--key: {exc}") from None
+    return key, args.agency or _agency_of_key(key.public, args.genesis, args.node)
+
+
+def gov_action(kind: str, args: Sequence[str]) -> bytes:
+    """The canonical action bytes for `redwood gov propose KIND ARGS...` (CliError if bad)."""
+    from node.governance import GovError, encode_action
+
+    names = GOV_KINDS[kind]
+    if kind == "add-validator" and len(args) in (2, 3):
+        args = [*args, *[""] * (4 - len(args))]
+    if len(args) != len(names):
+        raise CliError(f"gov propose {kind} takes {' '.join(names)}")
+    values: list[Any] = list(args)
+    try:
+        if kind in ("add-member", "remove-member"):
+            values[1] = bytes.fromhex(args[1])
+        elif kind in ("add-validator", "remove-validator"):
+            values[0] = bytes.fromhex(args[0])
+        elif kind == "set-param":
+            values[1] = int(args[1])
+        return encode_action(kind.replace("-", "_"), *values)
+    except ValueError as exc:
+        raise CliError(f"gov propose {kind}: {exc}") from None
+    except GovError as exc:
+        raise CliError(f"gov propose {kind}: {exc}") from None
+
+
+def cmd_gov_propose(args: argparse.Namespace) -> int:
+    action = gov_action(args.kind, args.args)
+    key, agency = _gov_signer(args)
+    result = _client_call(args.node, lambda c: c.gov_propose(key, agency, action, wait=args.wait))
+    out: dict[str, Any] = {"tx": result}
+    if args.wait:
+        from node.governance import decode_action, describe
+
+        wanted = describe(decode_action(action))
+        listing = _client_call(args.node, lambda c: c.gov_proposals())
+        mine = [
+            p for p in listing.get("proposals", [])
+            if p.get("proposer") == agency and p.get("action") == wanted
+        ]  # fmt: skip
+        if mine:
+            out["proposal"] = max(mine, key=lambda p: p["id"])
+    _print_json(out)
+    return EXIT_OK
+
+
+def cmd_gov_approve(args: argparse.Namespace) -> int:
+    key, agency = _gov_signer(args)
+    result = _client_call(
+        args.node, lambda c: c.gov_approve(key, agency, args.proposal_id, wait=args.wait)
+    )
+    _print_json(result)
+    return EXIT_OK
+
+
+def cmd_gov_list(args: argparse.Namespace) -> int:
+    _print_json(_client_call(args.node, lambda c: c.gov_proposals()))
     return EXIT_OK
 
 

@@ -9,6 +9,12 @@ message)` for an error answer, and for a node that cannot be reached
 Transactions are sent as canonical msgpack bytes (`node.txs.build`). `put`
 and `delete` sign for the caller: they read the chain id and height from
 `/status` and set `valid_until` to the height plus `valid_for_blocks`.
+
+Applications need not trust the node they ask: `get_record(...,
+verify_with=genesis)` and `get_tx(..., verify_with=genesis)` fetch a proof
+bundle (`?proof=1`), check it offline against the genesis (node/proofs.py) and
+raise `ClientError(code="bad_proof")` with the reason if it does not verify.
+`gov_propose` / `gov_approve` sign governance transactions (node/governance.py).
 """
 
 from __future__ import annotations
@@ -135,6 +141,17 @@ class _Calls:
         return txs.build(key, status["chain_id"], op, agency, record_key, value, valid_until)
 
 
+def _verified(bundle: Any, genesis: Any) -> dict[str, Any]:
+    """`bundle` with "verified": what it proves; ClientError("bad_proof") if it proves nothing."""
+    from node.proofs import ProofError, verify_bundle
+
+    try:
+        what = verify_bundle(bundle, genesis)
+    except ProofError as exc:
+        raise ClientError(200, "bad_proof", f"the node's proof does not verify: {exc}") from None
+    return {**bundle, "verified": what}
+
+
 class Client:
     """Synchronous client with keep-alive: `Client("http://127.0.0.1:8700").status()`."""
 
@@ -231,8 +248,45 @@ class Client:
         tx = _Calls.build(key, self.status(), "delete", agency, record_key, b"", valid_for_blocks)
         return self.submit(tx, wait, timeout)
 
-    def get_record(self, agency: str, key: bytes | str) -> dict[str, Any]:
-        return self._get(_record_path(agency, key))  # type: ignore[no-any-return]
+    def get_record(
+        self, agency: str, key: bytes | str, *, verify_with: Any = None
+    ) -> dict[str, Any]:
+        """The record; with `verify_with` (a Genesis) its verified proof bundle instead."""
+        if verify_with is None:
+            return self._get(_record_path(agency, key))  # type: ignore[no-any-return]
+        return _verified(self.get_record_proof(agency, key), verify_with)
+
+    def get_record_proof(self, agency: str, key: bytes | str) -> dict[str, Any]:
+        """The record's proof bundle (unverified; see node/proofs.py)."""
+        return self._run(_Call("GET", _record_path(agency, key), params={"proof": "1"}))  # type: ignore[no-any-return]
+
+    def get_tx_proof(self, tx_hash: bytes | str) -> dict[str, Any]:
+        return self._run(_Call("GET", f"/txs/{_hash_hex(tx_hash)}", params={"proof": "1"}))  # type: ignore[no-any-return]
+
+    def gov_proposals(self) -> dict[str, Any]:
+        return self._get("/gov/proposals")  # type: ignore[no-any-return]
+
+    def gov_propose(
+        self, key: SigningKey, agency: str, action: bytes, wait: bool = False,
+        timeout: float | None = None, *, valid_for_blocks: int = VALID_FOR_BLOCKS_DEFAULT,
+    ) -> Any:  # fmt: skip
+        """Propose `action` (node.governance.encode_action bytes) on behalf of `agency`."""
+        tx = _Calls.build(
+            key, self.status(), "gov.propose", agency, b"gov", action, valid_for_blocks
+        )
+        return self.submit(tx, wait, timeout)
+
+    def gov_approve(
+        self, key: SigningKey, agency: str, proposal_id: int, wait: bool = False,
+        timeout: float | None = None, *, valid_for_blocks: int = VALID_FOR_BLOCKS_DEFAULT,
+    ) -> Any:  # fmt: skip
+        from node.governance import approval_value
+
+        value = approval_value(proposal_id)
+        tx = _Calls.build(
+            key, self.status(), "gov.approve", agency, b"gov", value, valid_for_blocks
+        )
+        return self.submit(tx, wait, timeout)
 
     def history(
         self, agency: str, key: bytes | str, limit: int | None = None, before: int | None = None
@@ -242,8 +296,14 @@ class Client:
     def get_block(self, height: int | str = "latest") -> dict[str, Any]:
         return self._run(_Calls.block(height))  # type: ignore[no-any-return]
 
-    def get_tx(self, tx_hash: bytes | str) -> dict[str, Any]:
-        return self._get(f"/txs/{_hash_hex(tx_hash)}")  # type: ignore[no-any-return]
+    def get_tx(self, tx_hash: bytes | str, *, verify_with: Any = None) -> dict[str, Any]:
+        """The transaction; with `verify_with` (a Genesis) its verified proof bundle instead."""
+        if verify_with is None:
+            return self._get(f"/txs/{_hash_hex(tx_hash)}")  # type: ignore[no-any-return]
+        bundle = _verified(self.get_tx_proof(tx_hash), verify_with)
+        if bundle["tx_hash"] != _hash_hex(tx_hash):
+            raise ClientError(200, "bad_proof", "the node proved another transaction")
+        return bundle
 
     def validators(self) -> list[dict[str, Any]]:
         return self._get("/validators")["validators"]  # type: ignore[no-any-return]
@@ -355,6 +415,15 @@ class AsyncClient:
         status = await self.status()
         tx = _Calls.build(key, status, "delete", agency, record_key, b"", valid_for_blocks)
         return await self.submit(tx, wait, timeout)
+
+    async def get_record_proof(self, agency: str, key: bytes | str) -> dict[str, Any]:
+        return await self._run(_Call("GET", _record_path(agency, key), params={"proof": "1"}))  # type: ignore[no-any-return]
+
+    async def get_verified_record(
+        self, agency: str, key: bytes | str, genesis: Any
+    ) -> dict[str, Any]:
+        """The record's proof bundle, checked against `genesis` (ClientError bad_proof if not)."""
+        return _verified(await self.get_record_proof(agency, key), genesis)
 
     async def get_record(self, agency: str, key: bytes | str) -> dict[str, Any]:
         return await self._get(_record_path(agency, key))  # type: ignore[no-any-return]

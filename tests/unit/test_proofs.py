@@ -269,3 +269,34 @@ def test_verify_file_and_its_speed(bundles: dict[str, Any], tmp_path: Path) -> N
 def test_member_keys_and_validators_used_here_are_distinct() -> None:
     assert len({k.public for k in (*MEMBERS, *VALIDATORS, OUTSIDER)}) == 10
     assert governance.epoch_key(1) != governance.epoch_key(2)
+
+
+def test_cli_verify_exit_codes(
+    bundles: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    gpath = tmp_path / "genesis.json"
+    bundles["genesis"].save(gpath)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(bundles["tx"]))
+    assert main(["verify", str(good), "--genesis", str(gpath)]) == 0
+    assert capsys.readouterr().out.startswith("valid: transaction ")
+    bad = copy.deepcopy(bundles["record"])
+    bad["value"] = b"forged".hex()
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["verify", str(path), "--genesis", str(gpath)]) == 1
+    assert "invalid: bundle.proof: the Merkle proof does not lead" in capsys.readouterr().out
+
+
+def test_cli_gov_actions_encode_canonically() -> None:
+    from node.cli import CliError, gov_action
+
+    action = gov_action("add-member", ["agency0", MEMBERS[1].public.hex()])
+    assert governance.decode_action(action) == ("add_member", "agency0", MEMBERS[1].public)
+    assert governance.decode_action(gov_action("set-param", ["proposal_ttl_blocks", "5"]))[2] == 5
+    with pytest.raises(CliError, match="takes"):
+        gov_action("remove-agency", [])
+    with pytest.raises(CliError, match="cannot change"):
+        gov_action("set-param", ["pipeline_depth", "3"])
