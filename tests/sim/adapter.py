@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 GENESIS_TIME_MS = 0
 
 
-def validator_set(cluster: Any) -> ValidatorSet:
-    return ValidatorSet(epoch=cluster.epoch, validators=cluster.validators)
+def epochs(node: SimNode) -> tuple[tuple[int, ValidatorSet], ...]:
+    """The epochs the node's durable chain knows of (governance changes it executed)."""
+    known = node.cluster.epochs_known_at(node.height)
+    return tuple((first, ValidatorSet(epoch=e, validators=members)) for first, e, members in known)
 
 
 def replica_config(cluster: Any) -> ReplicaConfig:
@@ -43,7 +45,7 @@ def restored(node: SimNode) -> Restored:
         committed_timestamp_ms=timestamp,
         state_roots=roots,
         journal=dict(node.journal),
-        epochs=((1, validator_set(cluster)),),
+        epochs=epochs(node),
     )
 
 

@@ -50,7 +50,8 @@ FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile gener
 # Profile generator versions: 1 = first; 2 = + bad_state_claim, forged_view_change;
 # 3 = + colluding Byzantine nodes (at most f). Later features draw from their own
 # random stream, so a seed's earlier draws never change.
-PROFILE_GENERATION = 3
+# 4 = + membership changes (epochs).
+PROFILE_GENERATION = 4
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
 
@@ -77,6 +78,10 @@ class SimOptions:
     checkpoint_interval: int = 16
     view_change_timeout_ticks: int = 20
     oversized: bool = False  # Byzantine nodes may send a >32 MiB message (slow: rare)
+    # membership change decided when block `epoch_change_height` executes (as a governance
+    # transaction would be): "rotate" the primary order, or "remove" one validator
+    epoch_change: str | None = None
+    epoch_change_height: int = 10
     trace: bool = False  # fingerprint every payload (determinism tests)
 
     @property
@@ -107,6 +112,7 @@ class SimOptions:
             "codec" if self.use_codec else "",
             "ed25519" if self.real_crypto else "",
             f"crash_p={self.crash_probability:.3f}" if self.crash_probability else "",
+            f"epoch={self.epoch_change}@{self.epoch_change_height}" if self.epoch_change else "",
         ]
         if net is not None:
             parts.append(
@@ -141,6 +147,10 @@ def _random_options(
     )
     if generation >= 3 and byzantine and later.random() < 0.2:
         byzantine = tuple((i, b | {COLLUDE}) for i, b in byzantine)  # f colluders: harmless
+    epoch_change = None
+    if generation >= 4 and later.random() < 0.25:
+        epoch_change = later.choice(("rotate", "remove"))
+    epoch_change_height = later.randint(3, 30)
     network = NetworkOptions(
         node_count=0,
         one_way_delay_min_ms=rng.randint(1, 5),
@@ -171,6 +181,8 @@ def _random_options(
         checkpoint_interval=rng.choice((4, 8, 16, 64)),
         view_change_timeout_ticks=rng.randint(5, 20),
         oversized=rng.random() < 0.1,
+        epoch_change=epoch_change,
+        epoch_change_height=epoch_change_height,
     )
 
 
@@ -234,6 +246,9 @@ class Cluster:
         )
         self.nodes = self._make_nodes(keys)
         self.correct_ids = frozenset(node.node_id for node in self.nodes if node.correct)
+        self.epoch_plan = self._plan_epochs()
+        for first, epoch, members in self.epoch_plan[1:]:
+            self.checker.add_epoch(first, epoch, members)
         self.slots_of: dict[bytes, list[int]] = {}
         for node in self.nodes:
             self.slots_of.setdefault(node.node_id, []).append(node.slot)
@@ -289,6 +304,50 @@ class Cluster:
             node.tick_ms = max(10, round(TICK_MS * (1 + rng.uniform(-o.clock_skew, o.clock_skew))))
             nodes.append(node)
         return nodes
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _plan_epochs(self) -> list[tuple[int, int, tuple[bytes, ...]]]:
+        """[(first height, epoch, validators)]: genesis, then the scripted change if any."""
+        o = self.options
+        plan = [(1, self.epoch, self.validators)]
+        if o.epoch_change is None:
+            return plan
+        interval = o.checkpoint_interval
+        first = ((o.epoch_change_height + o.pipeline_depth) // interval + 1) * interval + 1
+        if o.epoch_change == "rotate":
+            members = self.validators[1:] + self.validators[:1]
+        else:
+            members = self._after_removal()
+        plan.append((first, self.epoch + 1, members))
+        return plan
+
+    def _after_removal(self) -> tuple[bytes, ...]:
+        """Drop a faulty validator if there is one, else the last one, if faults stay <= f."""
+        faulty = [v for v in self.validators if v not in self.correct_ids]
+        victim = faulty[-1] if faulty else self.validators[-1]
+        members = tuple(v for v in self.validators if v != victim)
+        n = len(members)
+        if len(faulty) - (victim in faulty) > (n - 1) // 3:
+            return self.validators[1:] + self.validators[:1]  # would exceed f: rotate instead
+        return members
+
+    def epochs_known_at(self, height: int) -> list[tuple[int, int, tuple[bytes, ...]]]:
+        """The epochs a node that has executed `height` knows of."""
+        o = self.options
+        return [
+            e for i, e in enumerate(self.epoch_plan) if i == 0 or height >= o.epoch_change_height
+        ]
+
+    def on_executed(self, node: SimNode, height: int) -> None:
+        """The node executed block `height`: the scripted governance change takes effect."""
+        if len(self.epoch_plan) > 1 and height == self.options.epoch_change_height:
+            first, epoch, members = self.epoch_plan[1]
+            node.replica.add_epoch(first, _validator_set(epoch, members))
+
+    @property
+    def final_validators(self) -> tuple[bytes, ...]:
+        return self.epoch_plan[-1][2]
 
     # -- the replica ----------------------------------------------------------------------
 
@@ -462,7 +521,12 @@ class Cluster:
         self._route(node, to, payload)
 
     def _route(self, node: SimNode, to: bytes | None, payload: Any) -> None:
-        targets = [v for v in self.validators if v != node.node_id] if to is None else [to]
+        if to is None:
+            vset = getattr(node.replica, "vset", None)
+            members = vset.validators if vset is not None else self.validators
+            targets = [v for v in members if v != node.node_id]
+        else:
+            targets = [to]
         if self.options.use_codec and not isinstance(payload, bytes | bytearray):
             payload = codec.encode(payload)
         now = self.now_ms
@@ -486,11 +550,16 @@ class Cluster:
     def correct_nodes(self) -> list[SimNode]:
         return [node for node in self.nodes if node.correct]
 
+    def live_nodes(self) -> list[SimNode]:
+        """Correct nodes that are validators of the last epoch: the ones liveness is owed to."""
+        final = set(self.final_validators)
+        return [node for node in self.nodes if node.correct and node.node_id in final]
+
     def correct_height_min(self) -> int:
-        return min(node.height for node in self.correct_nodes())
+        return min(node.height for node in self.live_nodes())
 
     def correct_height_max(self) -> int:
-        return max(node.height for node in self.correct_nodes())
+        return max(node.height for node in self.live_nodes())
 
     # -- the whole run ------------------------------------------------------------------------
 
@@ -564,3 +633,9 @@ def _real_replica_factory(node: SimNode) -> Any:
     from tests.sim.adapter import make_replica
 
     return make_replica(node)
+
+
+def _validator_set(epoch: int, members: tuple[bytes, ...]) -> Any:
+    from consensus.replica import ValidatorSet
+
+    return ValidatorSet(epoch=epoch, validators=members)

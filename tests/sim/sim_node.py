@@ -264,6 +264,7 @@ class SimNode:
             checker.on_commit(self.name, cb, root)
         self.cluster.on_commit(self, cb)
         self.replica.executed(cb.block.header.height, root)
+        self.cluster.on_executed(self, cb.block.header.height)
 
 
 Factory = Callable[[SimNode], Any]

@@ -76,9 +76,10 @@ class StateChecker:
         genesis_root: bytes,
     ) -> None:
         self.chain_id = chain_id
-        self.validators = frozenset(validators)
-        self.quorum = quorum
-        self.epoch = epoch
+        # (first height, epoch, members, quorum), ascending
+        self.epochs: list[tuple[int, int, frozenset[bytes], int]] = [
+            (1, epoch, frozenset(validators), quorum)
+        ]
         self.verifier = verifier
         self.genesis_hash = genesis_hash
         self.now_ms = 0
@@ -88,6 +89,16 @@ class StateChecker:
         self._checkpoints: dict[int, tuple[bytes, str]] = {}
         self._good_certs: set[tuple[Any, ...]] = set()
         self.stats: Counter[str] = Counter()
+
+    def add_epoch(self, first_height: int, epoch: int, validators: tuple[bytes, ...]) -> None:
+        """A membership change every correct node will make (known to the test in advance)."""
+        assert first_height > self.epochs[-1][0] and epoch > self.epochs[-1][1]
+        n = len(validators)
+        quorum = (n + (n - 1) // 3) // 2 + 1
+        self.epochs.append((first_height, epoch, frozenset(validators), quorum))
+
+    def _epoch_at(self, height: int) -> tuple[int, int, frozenset[bytes], int]:
+        return [e for e in self.epochs if e[0] <= max(1, height)][-1]
 
     def fail(self, kind: str, detail: str) -> None:
         raise Violation(kind, f"at t={self.now_ms} ms: {detail}")
@@ -243,15 +254,16 @@ class StateChecker:
         where = f"{node} height {cb.block.header.height}"
         if cert.height != cb.block.header.height or cert.digest != digest:
             self.fail("certificate", f"{where}: certificate is for another block")
-        if cert.epoch != self.epoch:
-            self.fail("certificate", f"{where}: certificate names epoch {cert.epoch}")
+        _, epoch, members, quorum = self._epoch_at(cert.height)
+        if cert.epoch != epoch:
+            self.fail("certificate", f"{where}: certificate names epoch {cert.epoch}, not {epoch}")
         signers = [s.replica for s in cert.signatures]
         if len(set(signers)) != len(signers):
             self.fail("certificate", f"{where}: a validator signs twice")
-        if not set(signers) <= self.validators:
-            self.fail("certificate", f"{where}: a signer is not a validator")
-        if len(signers) < self.quorum:
-            self.fail("certificate", f"{where}: {len(signers)} signatures < quorum {self.quorum}")
+        if not set(signers) <= members:
+            self.fail("certificate", f"{where}: a signer is not a validator of epoch {epoch}")
+        if len(signers) < quorum:
+            self.fail("certificate", f"{where}: {len(signers)} signatures < quorum {quorum}")
         for sig in cert.signatures:
             vote = Commit(cert.view, cert.height, cert.digest, sig.replica, sig.signature)
             ok = self.verifier.verify(

@@ -175,6 +175,34 @@ def test_crash_storm_at_one_driver_step(point: CrashPoint) -> None:
         cluster.check_liveness(3, BOUND_MS)
 
 
+@pytest.mark.parametrize(
+    ("n", "change", "byzantine"),
+    [(4, "rotate", ()), (4, "remove", ()), (7, "remove", ((6, frozenset({"equivocate"})),))],
+)
+def test_membership_change_at_a_checkpoint_boundary(
+    n: int, change: str, byzantine: tuple[tuple[int, frozenset[str]], ...]
+) -> None:
+    """Governance changes the validator set when block 10 executes; certificates above
+    the epoch's first height are checked against the new set; a replica that was down
+    across the change catches up through it."""
+    cluster = _cluster(
+        n=n, epoch_change=change, epoch_change_height=10, checkpoint_interval=8, byzantine=byzantine
+    )
+    first = cluster.epoch_plan[1][0]
+    assert first == 17
+    late = cluster.live_nodes()[-1]
+    _until_height(cluster, 5)
+    cluster.crash(late.slot)
+    others = [node for node in cluster.live_nodes() if node is not late]
+    ok = cluster.run_until(lambda: min(node.height for node in others) >= first + 10, 120_000)
+    assert ok, f"no progress across the epoch change: {[node.height for node in others]}"
+    cluster.restart(late.slot)
+    cluster.check_liveness(5, BOUND_MS)
+    signers = {s.replica for s in others[0].chain[first + 2].certificate.signatures}
+    assert signers <= set(cluster.final_validators)
+    assert others[0].chain[first].certificate.epoch == 1
+
+
 def test_same_seed_gives_the_same_trace_with_the_real_replica() -> None:
     def run(seed: int) -> tuple[str, int, dict[str, int]]:
         options = dataclasses.replace(SimOptions.from_seed(seed, n=4), trace=True)

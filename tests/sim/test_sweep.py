@@ -75,6 +75,7 @@ def test_default_seeds_cover_every_fault_class() -> None:
         seen["codec"] += o.use_codec
         seen["twins"] += bool(o.twins)
         seen["f_faulty"] += len(o.twins) + len(o.byzantine) == o.f
+        seen[f"epoch/{o.epoch_change}"] += o.epoch_change is not None
         if net.partition_mode is not PartitionMode.NONE:
             seen[f"partition/{net.partition_symmetry.value}"] += 1
         for _, behaviours in o.byzantine:
@@ -82,7 +83,7 @@ def test_default_seeds_cover_every_fault_class() -> None:
                 seen[b] += 1
     wanted = [
         "n=4", "n=7", "n=10", "loss", "duplication", "clogging", "crashes", "clock_skew",
-        "codec", "twins", "f_faulty", *BEHAVIOURS, COLLUDE,
+        "codec", "twins", "f_faulty", *BEHAVIOURS, COLLUDE, "epoch/rotate", "epoch/remove",
         *(f"partition/{s.value}" for s in PartitionSymmetry),
     ]  # fmt: skip
     assert {w: seen[w] for w in wanted if seen[w] < 5} == {}
