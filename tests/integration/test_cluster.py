@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ OBSERVERS = 1
 OBSERVER = VALIDATORS  # index of the observer node
 WRITES = 1000
 CLIENTS = 4
+GRACEFUL_STOP_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +129,10 @@ def test_thousand_writes_acknowledged_and_every_node_agrees(cluster: Cluster) ->
 
 def test_validator_stopped_gracefully_then_catches_up(cluster: Cluster) -> None:
     writer = Writer(cluster)
+    started = time.monotonic()
     code = cluster.stop(3, signal.SIGTERM, timeout_s=10)
     assert code == 0, f"graceful stop exit code {code}\n{cluster.nodes[3].log_tail()}"
+    assert time.monotonic() - started < GRACEFUL_STOP_S, "SIGTERM must stop a node within 5 s"
     assert writer.write_many(100, "sigterm", nodes=[0, 1, 2]) == 100
     before = cluster.nodes[0].height()
     cluster.start(3)
