@@ -430,7 +430,7 @@ class GovBlock:
 
 def next_boundary(height: int, interval: int) -> int:
     """The smallest k*interval + 1 strictly above `height`."""
-    return (height // interval + 1) * interval + 1
+    return -(-height // interval) * interval + 1
 
 
 def _change_member(s: GovState, kind: str, agency_id: str, key: bytes) -> list[Agency]:

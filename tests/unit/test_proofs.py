@@ -145,7 +145,7 @@ def test_a_validator_set_not_derived_from_genesis_is_rejected(
     reject(copy.deepcopy(b), other, "genesis_hash does not match")
     forged = copy.deepcopy(b)
     forged["genesis_hash"] = other.hash().hex()
-    reject(forged, other, "epoch 0 .* is in force|short of the quorum|claims epoch")
+    reject(forged, other, r"epoch 0 .* is in force|short of the quorum|claims epoch")
     fake_epoch = copy.deepcopy(b)
     fake_epoch["epochs"] = [
         {
