@@ -365,7 +365,31 @@ class Node:
         self._after_commit(cb, executed, now)
         return bytes(executed.state_root)
 
+    def _apply_governance(self, executed: Any) -> None:
+        """Validator-set changes decided in this block: schedule each new epoch, widen the allowlist.
+
+        The application picks first heights above this height + pipeline_depth at a
+        checkpoint boundary (node/governance.py), as `Replica.add_epoch` requires.
+        Removed validators stay on the allowlist (they may still serve blocks).
+        """
+        new_epochs = getattr(executed, "new_epochs", ())
+        if not new_epochs:
+            return
+        from consensus.validators import ValidatorSet
+
+        for epoch, first, ids in new_epochs:
+            self.replica.add_epoch(first, ValidatorSet(epoch, ids))
+            log.info(
+                "validator set change scheduled",
+                extra={"epoch": epoch, "first_height": first, "validators": len(ids)},
+            )
+        allow = set(self.genesis.node_ids()) | set(self.config.observer_ids())
+        for _epoch, _first, ids in self.app.gov.epochs:
+            allow.update(ids)
+        self.network.set_allowlist(allow)
+
     def _after_commit(self, cb: CertifiedBlock, executed: Any, now: float) -> None:
+        self._apply_governance(executed)
         header = cb.block.header
         hashes = executed.tx_hashes
         self.mempool.committed(hashes)
