@@ -216,6 +216,7 @@ class Slot:
     """Everything known about one height above the committed height."""
 
     pre_prepare: PrePrepare | None = None  # accepted in the current view
+    digest: bytes = b""  # pre_prepare's block hash (computed once)
     prepares: dict[bytes, Prepare] = field(default_factory=dict)  # current view, by replica
     commits: dict[bytes, Commit] = field(default_factory=dict)  # newest view per replica
     blocks: dict[bytes, Block] = field(default_factory=dict)  # digest -> block
@@ -226,6 +227,7 @@ class Slot:
 
     def new_view(self) -> None:
         self.pre_prepare = None
+        self.digest = b""
         self.prepares = {}
         self.prepared = False
         self.linked = False
@@ -697,11 +699,10 @@ class Replica:
         if slot is None:
             return None
         if slot.committed is not None:
-            hd = slot.committed.block.header
-            return hd.hash(), hd.timestamp_ms
+            cb = slot.committed
+            return cb.certificate.digest, cb.block.header.timestamp_ms
         if slot.pre_prepare is not None:
-            hd = slot.pre_prepare.block.header
-            return hd.hash(), hd.timestamp_ms
+            return slot.digest, slot.pre_prepare.block.header.timestamp_ms
         return None
 
     def wants_proposal(self) -> bool:
@@ -845,6 +846,7 @@ class Replica:
         h = pp.height
         slot = self._slot(h)
         slot.pre_prepare = pp
+        slot.digest = pp.digest
         self._remember_block(slot, pp.block)
         if sent:
             slot.sent.append(pp)
@@ -869,7 +871,7 @@ class Replica:
         assert self.node_id is not None
         if self.node_id not in self.schedule.at(h):
             return
-        digest = pp.digest
+        digest = self.slots[h].digest
         if not self._may_sign(VoteKind.PREPARE, pp.view, h, digest):
             return
         prepare = self._sign(Prepare(pp.view, h, digest, self.node_id, NO_SIGNATURE))
@@ -920,7 +922,7 @@ class Replica:
         pp = slot.pre_prepare
         need = self.schedule.at(h).quorum - 1
         matching = [
-            p for r, p in slot.prepares.items() if p.digest == pp.digest and r != pp.replica
+            p for r, p in slot.prepares.items() if p.digest == slot.digest and r != pp.replica
         ]
         if len(matching) < need:
             return
@@ -941,12 +943,8 @@ class Replica:
         if below is None:
             return False
         if below.committed is not None:
-            return below.committed.block.hash() == parent_hash
-        return (
-            below.linked
-            and below.pre_prepare is not None
-            and below.pre_prepare.digest == parent_hash
-        )
+            return below.committed.certificate.digest == parent_hash
+        return below.linked and below.pre_prepare is not None and below.digest == parent_hash
 
     def _try_commit(self, h: int) -> None:
         """Send COMMIT for h, and for the prepared heights above it that now link."""
@@ -964,7 +962,7 @@ class Replica:
 
     def _send_commit(self, h: int, pp: PrePrepare) -> None:
         assert self.node_id is not None
-        digest = pp.digest
+        digest = self.slots[h].digest
         if not self._may_sign(VoteKind.COMMIT, pp.view, h, digest):
             return
         pc = self.pcerts.get(h)
@@ -1061,7 +1059,7 @@ class Replica:
         assert h == self.committed_height + 1
         hd = cb.block.header
         self.committed_height = h
-        self.committed_hash = hd.hash()
+        self.committed_hash = cb.certificate.digest  # == hd.hash(): checked when certified
         self.committed_timestamp_ms = hd.timestamp_ms
         self.recent[h] = (self.committed_hash, hd.timestamp_ms)
         if len(self.recent) > RECENT_HASHES_MAX:
