@@ -10,9 +10,10 @@ transactions and may arm a crash.
 
 A run has two phases: `fault_ms` of faults, then `heal()` (network whole,
 every crashed node restarted, no new crashes; Byzantine nodes stay Byzantine)
-after which every correct replica must commit `liveness_blocks` blocks beyond
-the highest height any correct replica had at the heal, within
-`liveness_bound_ms`. The state checker judges every send and commit on the
+after which every correct replica (of the final validator set) must commit
+`liveness_blocks` blocks beyond the highest height any of them had at the
+heal, within `liveness_bound_ms` (by default n + 2 view-change timeouts at
+full back-off, plus 30 s). The state checker judges every send and commit on the
 way. A failure raises `SimFailure`, whose message names the seed and the
 command that replays it.
 """
@@ -48,9 +49,9 @@ FAULT_TICK_MS = 100
 EVIDENCE_MAX = 1_000
 FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile generator knew
 # Profile generator versions: 1 = first; 2 = + bad_state_claim, forged_view_change;
-# 3 = + colluding Byzantine nodes (at most f). Later features draw from their own
-# random stream, so a seed's earlier draws never change.
-# 4 = + membership changes (epochs).
+# 3 = + colluding Byzantine nodes (at most f); 4 = + membership changes (epochs).
+# Later features draw from their own random stream, so a seed's earlier draws
+# never change.
 PROFILE_GENERATION = 4
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
