@@ -117,6 +117,8 @@ RUN_FIELDS = (
     "nodes",
     "loadgen_cpu_percent",
     "ratio",
+    "node_cpu_us_per_tx",
+    "efficiency",
 )
 
 
@@ -163,6 +165,20 @@ def ceiling_ratio(committed_tps: float, ceiling_tps: float, cores: int, validato
     return committed_tps / (ceiling_tps * cores / validators)
 
 
+def cpu_per_tx_us(node_cpu_s: Sequence[float], committed: int) -> float | None:
+    """Mean CPU microseconds one node spent per committed transaction."""
+    if not node_cpu_s or committed <= 0:
+        return None
+    return round(statistics.fmean(node_cpu_s) / committed * 1e6, 1)
+
+
+def efficiency(node_us_per_tx: float | None, ceiling_tps: float) -> float | None:
+    """Pipeline cost per tx / node cost per tx: 1.0 = the node adds nothing to the pipeline."""
+    if node_us_per_tx is None or node_us_per_tx <= 0 or ceiling_tps <= 0:
+        return None
+    return round(1e6 / ceiling_tps / node_us_per_tx, 3)
+
+
 def txs_due(rate_per_s: float, elapsed_s: float, sent: int) -> int:
     """Open loop: how many more transactions are owed `elapsed_s` after the start."""
     if rate_per_s <= 0:
@@ -180,14 +196,17 @@ def window_room(accepted: int, committed: int, window: int) -> int:
     return max(0, window - max(0, accepted - committed))
 
 
-def pregen_count(mode: str, rate_per_s: float | None, seconds: float) -> int:
+def pregen_count(
+    mode: str, rate_per_s: float | None, seconds: float, expected_tps: float | None = None
+) -> int:
     """Transactions to generate before timing: enough for the run at the expected rate."""
     if mode == "open":
         if not rate_per_s or rate_per_s <= 0:
             raise ValueError("an open loop needs a positive rate")
         wanted = math.ceil(rate_per_s * seconds * 1.1) + open_loop_batch(rate_per_s)
     else:
-        wanted = math.ceil(PEAK_RATE_GUESS * seconds * 1.1) + WINDOW_TXS
+        guess = min(PEAK_RATE_GUESS, 1.5 * expected_tps) if expected_tps else PEAK_RATE_GUESS
+        wanted = math.ceil(guess * seconds * 1.1) + WINDOW_TXS
     return min(PREGEN_TXS_MAX, wanted)
 
 
@@ -810,6 +829,9 @@ def run_doc(
         )
     tps = committed / elapsed
     n = len(net.urls)
+    node_cpu_s = [
+        n_["cpu_percent"] / 100 * elapsed for n_ in nodes if n_["cpu_percent"] is not None
+    ]
     return {
         "validators": n,
         "mode": driver.mode,
@@ -836,6 +858,10 @@ def run_doc(
         "nodes": nodes,
         "loadgen_cpu_percent": round(100 * (win.self_cpu1 - win.self_cpu0) / elapsed, 1),
         "ratio": round(ceiling_ratio(tps, ceiling_tps, usable_cores(), n), 3),
+        # CPU a node spends per committed transaction, against the bare pipeline's cost:
+        # efficiency 1.0 = no overhead beyond decode + verify + execute + write
+        "node_cpu_us_per_tx": cpu_per_tx_us(node_cpu_s, committed),
+        "efficiency": efficiency(cpu_per_tx_us(node_cpu_s, committed), ceiling_tps),
         "load_average": load_average(),
     }
 
@@ -847,9 +873,14 @@ def _warmup(duration: float) -> float:
     return min(5.0, max(1.0, duration / 6))
 
 
-def _prepare(net: Net, mode: str, rate: float | None, seconds: float) -> list[Batch]:
+def _prepare(
+    net: Net, mode: str, rate: float | None, seconds: float, ceiling: float | None = None
+) -> list[Batch]:
+    """Sign and pack the run's transactions (before timing)."""
     status = status_of(net.urls[0])
-    count = pregen_count(mode, rate, seconds)
+    expected = ceiling * usable_cores() / len(net.urls) if ceiling else None
+    count = pregen_count(mode, rate, seconds, expected)
+    say(f"  signing {count} transactions...")
     tx_list = sign_txs(net.senders, net.chain_id, count, int(status["height"]) + VALID_FOR_BLOCKS)
     size = open_loop_batch(rate) if mode == "open" and rate else BATCH_TXS
     return pack_batches(tx_list, size)
@@ -871,7 +902,7 @@ def scenario_throughput(
     try:
         mode = "open" if args.rate else "closed"
         for r in range(args.runs):
-            batches = _prepare(net, mode, args.rate, duration + _warmup(duration))
+            batches = _prepare(net, mode, args.rate, duration + _warmup(duration), ceiling)
             say(f"run {r + 1}/{args.runs}: {mode} loop for {duration:g} s...")
             doc = run_once(
                 net, batches, mode=mode, rate=args.rate, warmup_s=_warmup(duration),
@@ -893,7 +924,7 @@ def scenario_latency(args: Any, ceiling: float) -> list[dict[str, Any]]:
         if rate is None:
             probe_s = min(duration, 20.0)
             say(f"probing the maximum for {probe_s:g} s...")
-            batches = _prepare(net, "closed", None, probe_s + 2)
+            batches = _prepare(net, "closed", None, probe_s + 2, ceiling)
             probe = run_once(
                 net, batches, mode="closed", rate=None, warmup_s=2, window_s=probe_s,
                 ceiling_tps=ceiling,
@@ -1128,7 +1159,8 @@ def run_line(doc: dict[str, Any]) -> str:
         f"  N={doc['validators']} {doc['committed_tps']:.0f} tx/s committed (ratio {doc['ratio']}), "
         f"p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, blocks {doc['blocks']} "
         f"of {doc['block_txs_mean']} txs every {doc['block_interval_ms']['mean']} ms, "
-        f"cpu [{cpu}], loadgen {doc['loadgen_cpu_percent']}%, peak rss {rss} MB, "
+        f"cpu [{cpu}] = {doc['node_cpu_us_per_tx']} us/tx/node (efficiency {doc['efficiency']}), "
+        f"loadgen {doc['loadgen_cpu_percent']}%, peak rss {rss} MB, "
         f"load {doc['load_average']}"
     )
 
@@ -1144,6 +1176,7 @@ def summarise(scenario: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {
             "committed_tps_median": _median(runs, lambda r: r["committed_tps"]),
             "ratio_median": _median(runs, lambda r: r["ratio"]),
+            "efficiency_median": _median(runs, lambda r: r.get("efficiency")),
             "latency_p50_ms_median": _median(runs, lambda r: r["latency_ms"]["p50"]),
             "latency_p99_ms_median": _median(runs, lambda r: r["latency_ms"]["p99"]),
             "rss_peak_mb_max": max(

@@ -237,3 +237,12 @@ def test_smoke_throughput_run_writes_the_json(tmp_path: Path) -> None:
     assert run["latency_ms"]["count"] > 0
     assert len(run["nodes"]) == 4 and all(n["rss_peak_mb"] for n in run["nodes"])
     assert "committed_tps_median" in proc.stdout
+
+
+def test_cpu_per_tx_and_efficiency() -> None:
+    # four nodes that each spent 2 CPU-seconds on 10,000 committed txs: 200 us/tx/node
+    assert bench.cpu_per_tx_us([2.0, 2.0, 2.0, 2.0], 10_000) == 200.0
+    assert bench.cpu_per_tx_us([], 10) is None
+    # a 10,000 tx/s pipeline costs 100 us/tx: a node at 200 us/tx is 50% efficient
+    assert bench.efficiency(200.0, 10_000) == 0.5
+    assert bench.efficiency(None, 10_000) is None
