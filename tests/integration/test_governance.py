@@ -1,0 +1,151 @@
+"""Governance on a live chain: agencies vote a 5th validator in, then one out; proofs follow.
+
+Four validators and one observer run as separate `redwood start` processes.
+The agencies vote to promote the observer (its node id is already on every
+node's allowlist); from the epoch's first height its COMMIT signatures appear
+in certificates. Then they vote node3 out, node3 is stopped, and the chain
+keeps committing with the remaining four. A record written after both changes
+is proven with `redwood record get --proof` and checked with `redwood verify`
+against nothing but the genesis file.
+
+The genesis is rewritten before the first start with a checkpoint interval of
+8 blocks so that epoch boundaries come quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node import governance
+from node.client import Client
+from node.genesis import Genesis
+from storage.keyfile import read_key
+from tests.integration.harness import Cluster, wait_until
+
+VALIDATORS = 4
+NEWCOMER = 4  # the observer's index
+REMOVED = 3
+CHECKPOINT_INTERVAL = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("gov"), validators=VALIDATORS, observers=1)
+    c.create()
+    for node in c.nodes:  # same edit on every node: one genesis
+        path = node.home / "config" / "genesis.json"
+        doc = json.loads(path.read_text())
+        doc["params"]["checkpoint_interval"] = CHECKPOINT_INTERVAL
+        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    c.start_all()
+    try:
+        c.wait_ready(timeout_s=60)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def node_id(cluster: Cluster, i: int) -> bytes:
+    return read_key(cluster.nodes[i].home / "config" / "node_key").public
+
+
+def vote(cluster: Cluster, action: bytes, api: str) -> dict[str, Any]:
+    """agency0 proposes, agency1 and agency2 approve (3 of 4 agencies >= 2/3); returns it."""
+    keys = [read_key(cluster.client_key(a)) for a in range(3)]
+    with Client(api, timeout=60) as client:
+        client.gov_propose(keys[0], "agency0", action, wait=True, timeout=30)
+        wanted = governance.describe(governance.decode_action(action))
+        pid = max(p["id"] for p in client.gov_proposals()["proposals"] if p["action"] == wanted)
+        for a in (1, 2):
+            answer = client.gov_approve(keys[a], f"agency{a}", pid, wait=True, timeout=30)
+            assert answer["status_code"] == 0, answer
+        proposal = next(p for p in client.gov_proposals()["proposals"] if p["id"] == pid)
+    assert proposal["status"] == "passed", proposal
+    return proposal
+
+
+def write_until(cluster: Cluster, api: str, height: int, prefix: str) -> None:
+    """Commit small writes through `api` until its node is at `height` or above."""
+    key = read_key(cluster.client_key(0))
+    with Client(api, timeout=60) as client:
+        i = 0
+        while client.status()["height"] < height:
+            client.put(key, "agency0", f"{prefix}-{i}", "filler", wait=True, timeout=30)
+            i += 1
+            assert i < 500, "the chain does not advance"
+
+
+def signers(cluster: Cluster, api: str, first: int, last: int) -> set[str]:
+    out: set[str] = set()
+    with Client(api) as client:
+        for h in range(first, last + 1):
+            cert = client.get_block(h)["certificate"]
+            out.update(s["replica"] for s in cert["signatures"])
+    return out
+
+
+def test_agencies_add_then_remove_a_validator_and_proofs_verify_from_genesis(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    api0 = cluster.nodes[0].api
+    newcomer = node_id(cluster, NEWCOMER)
+    removed = node_id(cluster, REMOVED)
+    vote(cluster, governance.encode_action("add_validator", newcomer, "agency0", "node4", ""), api0)
+    with Client(api0) as client:
+        (epoch1,) = client.gov_proposals()["epochs"]
+    first = epoch1["first_height"]
+    assert epoch1["epoch"] == 1 and newcomer.hex() in epoch1["validators"]
+    write_until(cluster, api0, first + 6, "grow")
+    cluster.wait_height(first + 6, [NEWCOMER], timeout_s=60)  # it caught up
+    with Client(api0) as client:
+        assert client.get_block(first)["certificate"]["epoch"] == 1
+    wait_until(
+        "the new validator's signature in a certificate",
+        lambda: newcomer.hex() in signers(cluster, api0, first, cluster.nodes[0].height()),
+        timeout_s=30,
+    )
+
+    vote(cluster, governance.encode_action("remove_validator", removed), api0)
+    with Client(api0) as client:
+        epoch2 = client.gov_proposals()["epochs"][1]
+    second = epoch2["first_height"]
+    assert removed.hex() not in epoch2["validators"]
+    write_until(cluster, api0, second, "shrink")
+    cluster.stop(REMOVED)
+    remaining = [0, 1, 2, NEWCOMER]
+    write_until(cluster, api0, second + 6, "after")
+    cluster.wait_height(second + 6, remaining, timeout_s=60)
+    assert removed.hex() not in signers(cluster, api0, second, second + 6)
+
+    key = read_key(cluster.client_key(1))
+    with Client(cluster.nodes[1].api, timeout=60) as client:
+        client.put(key, "agency1", "permit/42", "granted after both changes", wait=True, timeout=30)
+    write_until(cluster, api0, cluster.nodes[1].height() + 6, "claim")  # a header claims it
+    proof = tmp_path / "proof.json"
+    genesis_path = cluster.nodes[0].home / "config" / "genesis.json"
+    cmd = [sys.executable, "-m", "node.cli", "record", "get", "agency1", "permit/42"]
+    done = subprocess.run(
+        [*cmd, "--node", cluster.nodes[NEWCOMER].api, "--proof", str(proof)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bundle = json.loads(proof.read_text())
+    assert [e["epoch"] for e in bundle["epochs"]] == [1, 2]
+    assert not bundle["current"]["changed_after_proof"]
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "verify", str(proof), "--genesis", str(genesis_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("valid: record ('agency1', key 'permit/42')"), done.stdout
+    assert "2 epoch change(s) from genesis" in done.stdout
+    with Client(api0) as client:  # the client checks proofs too
+        checked = client.get_record("agency1", "permit/42", verify_with=Genesis.load(genesis_path))
+    assert bytes.fromhex(checked["value"]) == b"granted after both changes"
