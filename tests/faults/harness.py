@@ -224,7 +224,8 @@ class FaultCluster:
         n.paused = False
         self.note(f"start {n.name}{' (byzantine)' if byzantine else ''} pid {n.proc.pid}")
 
-    def stop(self, i: int, sig: int = signal.SIGTERM) -> int | None:
+    def stop(self, i: int, sig: int = signal.SIGTERM, signalled: bool = False) -> int | None:
+        """Send `sig` (unless `signalled` already), wait; a node that hangs is killed."""
         n = self.nodes[i]
         if n.proc is None:
             return None
@@ -232,7 +233,8 @@ class FaultCluster:
             n.proc.send_signal(signal.SIGCONT)
             n.paused = False
         if n.proc.poll() is None:
-            n.proc.send_signal(sig)
+            if not signalled:
+                n.proc.send_signal(sig)
             try:
                 n.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -370,12 +372,14 @@ class FaultCluster:
     def close(self) -> None:
         for event in self.stop_events:
             event.set()  # load threads end, so the interpreter can exit even after an error
+        signalled = set()
         for n in self.nodes:
             if n.running and not n.paused:
                 n.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                signalled.add(n.index)
         for n in self.nodes:
             try:
-                self.stop(n.index)
+                self.stop(n.index, signalled=n.index in signalled)
             except Exception as exc:  # teardown goes on
                 self.note(f"stop {n.name} failed: {exc!r}")
         if self.pool is not None:

@@ -30,6 +30,7 @@ from tests.faults.harness import REPO, FaultCluster
 from tests.faults.workload import Workload
 
 RECOVERY_S = 30.0
+SLOW_RECOVERY_S = 5.0
 CATCH_UP_S = 60.0
 PAUSE_S = 10.0
 START_OUTCOME_S = 30.0
@@ -105,13 +106,26 @@ class Runner:
         """The fault's duration (a scheduled hold, not a wait for a condition)."""
         self.w.stopping.wait(seconds)
 
+    def views(self) -> str:
+        """name:height/view/peers of every node that answers (for the timeline)."""
+        out = []
+        for n in self.c.nodes:
+            st = self.c.status(n.index) if n.running and not n.paused else None
+            out.append(
+                f"{n.name}:" + (f"{st['height']}/v{st['view']}/p{st['peers']}" if st else "-")
+            )
+        return " ".join(out)
+
     def measure_recovery(self, kind: str) -> None:
         honest = self.honest()
         h0 = max(self.heights(honest).values(), default=0)
+        at_heal = self.views()
         _, stall = wait_for(
             "a new commit", lambda: max(self.heights(honest).values(), default=0) > h0, RECOVERY_S
         )
         self.stats.stalls.append((kind, stall))
+        if stall > SLOW_RECOVERY_S:
+            self.c.note(f"slow recovery after {kind}: at heal {at_heal}; now {self.views()}")
         if stall > RECOVERY_S:
             self.violation(
                 f"after healing {kind}: no commit above height {h0} within {RECOVERY_S:.0f} s"
