@@ -69,7 +69,7 @@ class FaultProxy:
         delay_s: dict[tuple[int, int], float] | None = None,
         loss: dict[tuple[int, int], float] | None = None,
     ) -> None:
-        """Replace every rule; connections between newly fully-blocked pairs are cut."""
+        """Replace every rule (in force on return); fully blocked pairs lose their connections."""
 
         def apply() -> None:
             self._blocked = set(blocked or ())
@@ -81,7 +81,16 @@ class FaultProxy:
                         self.connections_cut += 1
                         w.close()
 
-        self._loop.call_soon_threadsafe(apply)
+        applied = threading.Event()
+
+        def apply_and_signal() -> None:
+            try:
+                apply()
+            finally:
+                applied.set()
+
+        self._loop.call_soon_threadsafe(apply_and_signal)
+        applied.wait(timeout=10)  # in force when this returns
 
     def close(self) -> None:
         async def stop() -> None:
