@@ -158,7 +158,7 @@ class Mempool:
                     batch.add(h)
                     batch_bytes += len(tx_bytes)
                     screened.checked.append((i, result, tx_bytes))
-                    screened.items.append(self.app.signature_item(result.tx))
+                    screened.items.append(self.app.signature_item(result.tx, tx_bytes))
             if problem is not None:
                 screened.results[i] = self._reject(problem)
         return screened
@@ -168,6 +168,8 @@ class Mempool:
         if len(signatures_ok) != len(screened.checked):
             raise ValueError("one signature result per screened transaction is required")
         results = screened.results
+        # `screen` looked each hash up at `screened.height`: only a commit since can change that
+        moved = self.app.store.head_height() != screened.height
         for (i, checked, tx_bytes), ok in zip(screened.checked, signatures_ok, strict=True):
             if not ok:
                 bad = Rejected("bad_signature", "signature does not verify for the sender's key")
@@ -176,7 +178,7 @@ class Mempool:
             self.app.signatures_checked += 1
             self.app.remember(checked)
             early = self._refuse_early(checked.tx_hash, len(tx_bytes))
-            if early is None and self.app.store.has_tx(checked.tx_hash):
+            if early is None and moved and self.app.store.has_tx(checked.tx_hash):
                 # committed while its signature was being checked off the loop
                 early = Rejected("duplicate", "transaction already committed")
             results[i] = self._reject(early) if early else self._insert(checked, tx_bytes)

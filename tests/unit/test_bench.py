@@ -246,3 +246,24 @@ def test_cpu_per_tx_and_efficiency() -> None:
     # a 10,000 tx/s pipeline costs 100 us/tx: a node at 200 us/tx is 50% efficient
     assert bench.efficiency(200.0, 10_000) == 0.5
     assert bench.efficiency(None, 10_000) is None
+
+
+# -- optimisations the profile led to ---------------------------------------------------
+
+
+def test_signed_payload_cut_from_bytes_equals_the_re_encoded_one() -> None:
+    from consensus.crypto import SigningKey
+    from consensus.types import signed_payload
+    from node import txs
+    from node.app import signed_payload_of
+
+    key = SigningKey(b"\x07" * 32)
+    for value_len, key_len, nonce in ((0, 1, 0), (200, 10, 5), (300, 256, 2**64 - 1),
+                                      (70_000 // 2, 40, 2**31)):  # fmt: skip
+        raw = txs.build(key, "c", "put", "agency0", b"k" * key_len, b"v" * value_len, 9, nonce)
+        tx = txs.decode_tx(raw)
+        assert signed_payload_of(tx, raw) == signed_payload(tx)
+        assert signed_payload_of(tx) == signed_payload(tx)
+        # bytes that are not this tx's encoding fall back to re-encoding
+        assert signed_payload_of(tx, raw[:-1] + b"\x00") == signed_payload(tx)
+        assert signed_payload_of(tx, b"\x00" + raw[1:]) == signed_payload(tx)
