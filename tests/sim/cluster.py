@@ -49,10 +49,11 @@ FAULT_TICK_MS = 100
 EVIDENCE_MAX = 1_000
 FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile generator knew
 # Profile generator versions: 1 = first; 2 = + bad_state_claim, forged_view_change;
-# 3 = + colluding Byzantine nodes (at most f); 4 = + membership changes (epochs).
+# 3 = + colluding Byzantine nodes (at most f); 4 = + membership changes (epochs);
+# 5 = + slow links (mean one-way delay 200-800 ms) on some seeds.
 # Later features draw from their own random stream, so a seed's earlier draws
 # never change.
-PROFILE_GENERATION = 4
+PROFILE_GENERATION = 5
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
 
@@ -168,6 +169,9 @@ def _random_options(
         path_clog_probability=rng.choice((0.0, 0.001, 0.005)),
         path_clog_duration_mean_ms=rng.randint(100, 2_000),
     )
+    if generation >= 5 and later.random() < 0.1:  # slow links: delays of several ticks
+        slow = later.randint(200, 800)
+        network = dataclasses.replace(network, one_way_delay_mean_ms=slow)
     return SimOptions(
         seed=seed,
         n=n,
