@@ -248,12 +248,16 @@ class SimNode:
             return
         for ev in ready.evidence:
             self.cluster.on_evidence(self, ev)
+        if self.correct:
+            for height, root in getattr(ready, "stable_checkpoints", ()):
+                self.cluster.checker.on_stable(self.name, height, root)
         self.replica.advance(ready)
 
     def _apply(self, cb: CertifiedBlock) -> None:
         """Commit one block atomically (store + toy state), then tell the replica."""
         checker = self.cluster.checker
-        checker.check_link(self.name, self.height, self.head_hash(), cb)
+        head_ts = self.chain[-1].block.header.timestamp_ms if self.chain else 0
+        checker.check_link(self.name, self.height, self.head_hash(), cb, head_ts)
         block_hash = cb.block.hash()
         root = toy_state_root(self.roots[-1], block_hash)
         self.chain.append(cb)

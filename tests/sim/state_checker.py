@@ -11,10 +11,12 @@ Invariants (a `Violation` names which one broke):
   certificate of at least q distinct validators of its epoch, each signature
   verified, for exactly that (height, digest);
 - `chain`: committed blocks come in height order, each linked to the previous
-  one by `parent_hash` (what `ChainStore.commit_block` would refuse);
+  one by `parent_hash` (what `ChainStore.commit_block` would refuse), with
+  timestamps that never go backwards;
 - `state_claim`: a committed non-null block claims the agreed state root after
   `state_height`;
-- `checkpoint`: correct replicas sign the same state root for one height;
+- `checkpoint`: correct replicas sign the same state root for one height, and
+  the checkpoints they report stable carry the agreed state root;
 - `equivocation`: no correct replica signs two votes with the same (kind, view,
   height) and different digests -- watched on every message it emits,
   across crashes and restarts;
@@ -205,7 +207,14 @@ class StateChecker:
 
     # -- what replicas commit ------------------------------------------------------
 
-    def check_link(self, node: str, head_height: int, head_hash: bytes, cb: CertifiedBlock) -> None:
+    def check_link(
+        self,
+        node: str,
+        head_height: int,
+        head_hash: bytes,
+        cb: CertifiedBlock,
+        head_timestamp_ms: int = 0,
+    ) -> None:
         """The block extends the node's chain (checked for every replica, faulty ones too)."""
         header = cb.block.header
         if header.height != head_height + 1:
@@ -214,6 +223,23 @@ class StateChecker:
             self.fail(
                 "chain", f"{node} committed height {header.height} whose parent is not its head"
             )
+        if header.timestamp_ms < head_timestamp_ms:
+            self.fail(
+                "chain",
+                f"{node} committed height {header.height} with timestamp {header.timestamp_ms} "
+                f"below its parent's {head_timestamp_ms}",
+            )
+
+    def on_stable(self, node: str, height: int, state_root: bytes) -> None:
+        """A correct replica reports checkpoint `height` stable with `state_root`."""
+        agreed = self.agreed_roots.get(height)
+        if agreed is not None and agreed != state_root:
+            self.fail(
+                "checkpoint",
+                f"{node} reports height {height} stable with root {state_root.hex()[:12]}, "
+                f"agreed root is {agreed.hex()[:12]}",
+            )
+        self.stats["stable_checkpoints"] += 1
 
     def on_commit(self, node: str, cb: CertifiedBlock, state_root: bytes) -> None:
         """A correct replica committed `cb` and its state root after it is `state_root`."""

@@ -301,3 +301,15 @@ def test_checker_reports_a_vote_sent_before_its_journal_record() -> None:
     checker.on_send("c", k.public, vote, {}, (4, 9, 9))  # at or below the stable checkpoint
     with pytest.raises(Violation, match="vote_durable"):
         checker.on_send("c", k.public, vote, {}, (4, 0, 8))
+
+
+def test_checker_reports_a_stable_checkpoint_with_another_root_and_time_going_back() -> None:
+    checker, keys = _checker()
+    checker.agreed_roots[8] = b"\x01" * 32
+    checker.on_stable("a", 8, b"\x01" * 32)
+    checker.on_stable("a", 16, b"\x03" * 32)  # not agreed yet: nothing to compare
+    with pytest.raises(Violation, match="checkpoint"):
+        checker.on_stable("b", 8, b"\x02" * 32)
+    cb = _certified(keys)
+    with pytest.raises(Violation, match="below its parent"):
+        checker.check_link("a", 0, bytes(32), cb, head_timestamp_ms=5)  # type: ignore[arg-type]
