@@ -36,12 +36,13 @@ PAUSE_S = 10.0
 START_OUTCOME_S = 30.0
 POLL_S = 0.1
 TRUNCATE_MAX_BYTES = 4096
+CORRUPT_BYTES = 64
 FILL_CHUNK = 1 << 20
 DISK_MB = 64
 
 KINDS = (
     "kill", "pause", "restart", "isolate", "isolate_primary", "split", "one_way",
-    "latency", "loss", "truncate", "disk_full",
+    "latency", "loss", "truncate", "corrupt", "disk_full",
 )  # fmt: skip
 
 
@@ -291,6 +292,28 @@ class Runner:
         self._inject("truncate", f"{n.name}: {newest.name} {size} -> {size - cut} bytes")
         self.start_and_judge(i, "truncate")
         self.measure_recovery("truncate")
+
+    def fault_corrupt(self) -> None:
+        """Garbage in the middle of the newest LevelDB log (a bad sector): no silent recovery."""
+        i = self._target()
+        n = self.c.nodes[i]
+        self.c.stop(i, signal.SIGKILL)
+        logs = sorted((n.home / "data" / "chain").glob("*.log"), key=lambda p: int(p.stem))
+        logs = [p for p in logs if p.stat().st_size > 2 * CORRUPT_BYTES]
+        if not logs:
+            self.stats.skipped["corrupt"] = "no LevelDB log file big enough at that moment"
+            self.c.start(i)
+            self.measure_recovery("corrupt")
+            return
+        newest = logs[-1]
+        size = newest.stat().st_size
+        at = self.rng.randrange(0, size - CORRUPT_BYTES)
+        with newest.open("r+b") as f:
+            f.seek(at)
+            f.write(self.rng.randbytes(CORRUPT_BYTES))
+        self._inject("corrupt", f"{n.name}: {CORRUPT_BYTES} random bytes at {at} of {newest.name}")
+        self.start_and_judge(i, "corrupt")
+        self.measure_recovery("corrupt")
 
     def fault_disk_full(self) -> None:
         if self.disk_node is None:

@@ -189,7 +189,7 @@ def test_faults_shaping_through_proxy(tmp_path: Path, settings: dict[str, object
         ok, _ = wait_for("cluster ready", lambda: all(cluster.is_ready(i) for i in range(4)), 60)
         assert ok, "cluster not ready: " + "\n".join(n.log_tail(5) for n in cluster.nodes)
         runner.w.start()
-        for kind in ("latency", "loss", "one_way", "one_way", "isolate_primary"):
+        for kind in ("latency", "loss", "one_way", "isolate_primary"):
             runner.run(kind)
         _finish(cluster, runner, runner.w, mode, None)
 
