@@ -660,6 +660,7 @@ class Driver:
         self.measuring = (math.inf, math.inf)
         self.stop_at = math.inf
         self.exhausted = False
+        self.answered = 0  # batches sent and answered (or failed)
         self.started = 0.0
 
     async def run(self, warmup_s: float, window_s: float, pids: list[int | None]) -> Window:
@@ -703,6 +704,10 @@ class Driver:
         else:
             win.t1, win.status1, win.cpu1, win.self_cpu1 = now, status, cpu, mine
 
+    def idle(self) -> bool:
+        """Every batch was sent and answered."""
+        return self.answered >= len(self.batches)
+
     def _take(self) -> Batch | None:
         if self.next_batch >= len(self.batches):
             self.exhausted = True
@@ -734,6 +739,12 @@ class Driver:
                 await self._send(http, batch)
 
     async def _send(self, http: Any, batch: Batch) -> None:
+        try:
+            await self._post(http, batch)
+        finally:
+            self.answered += 1
+
+    async def _post(self, http: Any, batch: Batch) -> None:
         sent = trio.current_time()
         self.sent_txs += len(batch.hashes)
         for h in batch.hashes:
@@ -1008,7 +1019,8 @@ def scenario_catchup(args: Any, ceiling: float) -> list[dict[str, Any]]:
             )
             tx_list = sign_txs(net.senders, net.chain_id, missed, h_stop + VALID_FOR_BLOCKS)
             batches = pack_batches(tx_list, BATCH_TXS)
-            live = _load_until_committed(net, batches, missed, ceiling)
+            others = Net(net.urls[:late] + net.urls[late + 1 :], [], net.senders, net.chain_id)
+            live = _load_until_committed(others, batches, missed, ceiling)
             target = int(status_of(net.urls[0])["height"])
             late_url = net.urls[late]
             t0 = time.monotonic()
@@ -1062,7 +1074,7 @@ def _load_until_committed(net: Net, batches: Sequence[Batch], count: int, ceilin
                 - start
                 < count
             ):
-                if driver.exhausted and driver.accepted <= driver.committed_seen:
+                if driver.idle() and driver.accepted <= driver.committed_seen:
                     break
                 await trio.sleep(0.5)
             nursery.cancel_scope.cancel()
