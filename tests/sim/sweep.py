@@ -29,6 +29,7 @@ class SeedOutcome:
     events: int
     commits: int
     wall_s: float = 0.0
+    n: int = 0
 
 
 def run_one(seed: int, n: int | None = None) -> SeedOutcome:
@@ -42,7 +43,9 @@ def run_one(seed: int, n: int | None = None) -> SeedOutcome:
         kind, message = failure.kind, str(failure)
     commits = cluster.checker.stats["commits"]
     wall_s = time.monotonic() - started
-    return SeedOutcome(seed, kind, message, cluster.now_ms, cluster.event_count, commits, wall_s)
+    return SeedOutcome(
+        seed, kind, message, cluster.now_ms, cluster.event_count, commits, wall_s, options.n
+    )
 
 
 def _run_one_star(args: tuple[int, int | None]) -> SeedOutcome:
@@ -105,6 +108,15 @@ def _summary(outcomes: list[SeedOutcome], wall_s: float) -> None:
     print(f"simulated time:      {simulated_s:.0f} s ({simulated_s * 10:.0f} ticks)")
     print(f"simulated s / wall s: {simulated_s / max(wall_s, 1e-9):.1f}")
     print(f"events:              {sum(o.events for o in outcomes)}")
+    print(f"commits checked:     {sum(o.commits for o in outcomes)}")
+    for n in sorted({o.n for o in outcomes}):
+        mine = [o for o in outcomes if o.n == n]
+        sim_s = sum(o.simulated_ms for o in mine) / 1000
+        wall = sum(o.wall_s for o in mine)
+        print(
+            f"  n={n:<3} {len(mine):>6} seeds, {sum(bool(o.failure_kind) for o in mine)} failed, "
+            f"{wall / len(mine):.2f} s wall/seed, {sim_s / max(wall, 1e-9):.1f} simulated s/wall s"
+        )
 
 
 if __name__ == "__main__":
