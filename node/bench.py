@@ -1154,10 +1154,15 @@ def scenario_restart(args: Any, ceiling: float) -> list[dict[str, Any]]:
             pid = net.localnet.processes[0].popen.pid
             wait_for("node0 /ready", lambda: _ready(net.urls[0]), READY_TIMEOUT_S, 0.02)
             t1 = time.monotonic()
+            status = status_of(net.urls[0])
+            if int(status["height"]) < height or int(status["txs_committed"]) < count:
+                raise BenchError(f"node0 is ready but holds less than was stored: {status}")
             doc = {
                 "validators": len(net.urls),
                 "stored_txs": count,
                 "stored_blocks": height,
+                "height_at_ready": int(status["height"]),
+                "txs_committed_at_ready": int(status["txs_committed"]),
                 "ready_s": round(t1 - t0, 3),
                 "rss_peak_mb": process_peak_rss_mb(pid),
                 "load_average": load_average(),
