@@ -132,6 +132,7 @@ class Node:
             )
             peers = [PeerAddress(nid, h, p) for nid, h, p in config.peer_addresses()]
             allow = set(self.genesis.node_ids()) | set(config.observer_ids())
+            allow.update(v for _epoch, _first, ids in self.app.gov.epochs for v in ids)
             self.network = Network(self.key, self.chain_id, net_config, peers, allow)
         except BaseException:
             self.store.close()
@@ -185,7 +186,7 @@ class Node:
             ),
             state_roots=roots,
             journal=self.store.journal_items(),
-            epochs=((1, self.vset),),
+            epochs=tuple(self.app.epochs()),
         )
         tick_ms = self.config.consensus.tick_ms
         rconfig = ReplicaConfig(
@@ -198,7 +199,9 @@ class Node:
                 1, self.config.consensus.view_change_timeout_ms // tick_ms
             ),
         )
-        signer = self.key if self.node_id in self.vset else None
+        # Every node holds its key: the replica votes only at heights whose epoch names it,
+        # so an observer promoted by governance signs from its epoch's first height on.
+        signer = self.key
         seed = int.from_bytes(self.node_id[:8], "big") ^ time.time_ns()
         return Replica(rconfig, restored, signer, Ed25519Verifier(), random.Random(seed))
 
@@ -625,8 +628,24 @@ async def _serve_until_signal(node: Node) -> None:
 
 
 def run(config: Any) -> int:
-    """`redwood start`: run the node in the foreground until SIGTERM/SIGINT. Returns the exit code."""
+    """`redwood start`: run the node in the foreground until SIGTERM/SIGINT. Returns the exit code.
+
+    A `StoreError` while running (disk full, I/O error, corruption) stops the
+    node; it is re-raised bare (not inside a Trio ExceptionGroup) so that the
+    CLI prints its one-line message and recovery advice instead of a traceback.
+    """
+    from storage.store import StoreError
+
     node = Node(config)
-    trio.run(_serve_until_signal, node)
+    try:
+        trio.run(_serve_until_signal, node)
+    except BaseExceptionGroup as group:
+        found, _rest = group.split(StoreError)
+        if found is None:
+            raise
+        first: BaseException = found
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     log.info("stopped")
     return 0
