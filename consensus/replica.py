@@ -1403,12 +1403,12 @@ class Replica:
         self._reset_timer()
         mine = nv.replica == self.node_id
         for pp in nv.pre_prepares:
+            if mine:  # every signed vote is journaled, even one for a height we committed
+                self._record_vote(VoteKind.PRE_PREPARE, w, pp.height, pp.digest)
             if pp.height <= self.committed_height:
                 continue
             if pp.height > self.accept_limit:
                 break
-            if mine:
-                self._record_vote(VoteKind.PRE_PREPARE, w, pp.height, pp.digest)
             self._accept_pre_prepare(pp, sent=mine)
         self._replay_future()
 
