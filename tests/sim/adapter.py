@@ -52,4 +52,5 @@ def restored(node: SimNode) -> Restored:
 def make_replica(node: SimNode) -> Replica:
     cluster = node.cluster
     rng = random.Random(f"replica/{cluster.seed}/{node.slot}/{node.restarts}")
-    return Replica(replica_config(cluster), restored(node), node.key, cluster.verifier, rng)
+    signer = None if node.observer else node.key
+    return Replica(replica_config(cluster), restored(node), signer, cluster.verifier, rng)

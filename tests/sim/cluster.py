@@ -50,10 +50,10 @@ EVIDENCE_MAX = 1_000
 FIRST_BEHAVIOURS = 7  # how many of byzantine.BEHAVIOURS the first profile generator knew
 # Profile generator versions: 1 = first; 2 = + bad_state_claim, forged_view_change;
 # 3 = + colluding Byzantine nodes (at most f); 4 = + membership changes (epochs);
-# 5 = + slow links (mean one-way delay 200-800 ms) on some seeds.
+# 5 = + slow links (mean one-way delay 200-800 ms) on some seeds; 6 = + observers.
 # Later features draw from their own random stream, so a seed's earlier draws
 # never change.
-PROFILE_GENERATION = 5
+PROFILE_GENERATION = 6
 REPLAY_COMMAND = "pytest tests/sim/test_sweep.py::test_replay --sim-seed-start {seed} --sim-seeds 1"
 
 
@@ -84,6 +84,7 @@ class SimOptions:
     # transaction would be): "rotate" the primary order, or "remove" one validator
     epoch_change: str | None = None
     epoch_change_height: int = 10
+    observers: int = 0  # non-validator nodes that follow the chain from gossiped blocks
     trace: bool = False  # fingerprint every payload (determinism tests)
 
     @property
@@ -115,6 +116,7 @@ class SimOptions:
             "ed25519" if self.real_crypto else "",
             f"crash_p={self.crash_probability:.3f}" if self.crash_probability else "",
             f"epoch={self.epoch_change}@{self.epoch_change_height}" if self.epoch_change else "",
+            f"observers={self.observers}" if self.observers else "",
         ]
         if net is not None:
             parts.append(
@@ -172,6 +174,7 @@ def _random_options(
     if generation >= 5 and later.random() < 0.1:  # slow links: delays of several ticks
         slow = later.randint(200, 800)
         network = dataclasses.replace(network, one_way_delay_mean_ms=slow)
+    observers = later.randint(1, 2) if generation >= 6 and later.random() < 0.3 else 0
     return SimOptions(
         seed=seed,
         n=n,
@@ -188,6 +191,7 @@ def _random_options(
         oversized=rng.random() < 0.1,
         epoch_change=epoch_change,
         epoch_change_height=epoch_change_height,
+        observers=observers,
     )
 
 
@@ -233,9 +237,11 @@ class Cluster:
         seed = options.seed
         self.rng = random.Random(f"cluster/{seed}")
         self.genesis_hash = sha256(b"redwood-sim/genesis/%d" % seed)
-        keys, self.verifier = make_keys(options.n, seed, real=options.real_crypto)
+        keys, self.verifier = make_keys(
+            options.n + options.observers, seed, real=options.real_crypto
+        )
         self.keys = keys
-        self.validators: tuple[bytes, ...] = tuple(k.public for k in keys)
+        self.validators: tuple[bytes, ...] = tuple(k.public for k in keys[: options.n])
         self.quorum = (options.n + options.f) // 2 + 1
         self._factory = replica_factory or _real_replica_factory
         # the journal's format is the real replica's (consensus.journal_codec)
@@ -282,6 +288,7 @@ class Cluster:
             honest = sorted(k.public for i, k in enumerate(keys) if i not in byz)
             collusion = Collusion(frozenset(honest[len(honest) // 2 :]))
         plan = [(i, False) for i in range(o.n)] + [(i, True) for i in o.twins]
+        plan += [(o.n + i, False) for i in range(o.observers)]
         for slot, (index, second) in enumerate(plan):
             key = keys[index]
             rng = random.Random(f"node/{o.seed}/{slot}")
@@ -298,7 +305,7 @@ class Cluster:
                     rng=random.Random(f"byzantine/{o.seed}/{slot}"),
                     key=key,
                     chain_id=CHAIN_ID,
-                    validators=tuple(k.public for k in keys),
+                    validators=tuple(k.public for k in keys[: o.n]),
                     oversized=o.oversized,
                     collusion=collusion if COLLUDE in byz[index] else None,
                 )
@@ -306,6 +313,9 @@ class Cluster:
             node = SimNode(self, slot, key, role, behaviour, rng, offset)
             if second:
                 node.name = f"twin{index}'"
+            if index >= o.n:
+                node.observer = True
+                node.name = f"observer{slot}"
             node.tick_ms = max(10, round(TICK_MS * (1 + rng.uniform(-o.clock_skew, o.clock_skew))))
             nodes.append(node)
         return nodes
@@ -343,6 +353,15 @@ class Cluster:
         return [
             e for i, e in enumerate(self.epoch_plan) if i == 0 or height >= o.epoch_change_height
         ]
+
+    def gossip_block(self, node: SimNode, cb: CertifiedBlock) -> None:
+        """A correct validator's node spreads each block it committed to the observers."""
+        if not self.options.observers or node.observer or not node.correct:
+            return
+        payload: Any = codec.encode(cb) if self.options.use_codec else cb
+        for other in self.nodes:
+            if other.observer:
+                self.network.submit(self.now_ms, node.slot, other.slot, payload)
 
     def on_executed(self, node: SimNode, height: int) -> None:
         """The node executed block `height`: the scripted governance change takes effect."""
@@ -558,7 +577,7 @@ class Cluster:
     def live_nodes(self) -> list[SimNode]:
         """Correct nodes that are validators of the last epoch: the ones liveness is owed to."""
         final = set(self.final_validators)
-        return [node for node in self.nodes if node.correct and node.node_id in final]
+        return [n for n in self.nodes if n.correct and (n.node_id in final or n.observer)]
 
     def correct_height_min(self) -> int:
         return min(node.height for node in self.live_nodes())

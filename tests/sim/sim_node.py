@@ -85,6 +85,7 @@ class SimNode:
         self.clock_offset_ms = clock_offset_ms
         self.tick_ms = 100  # the cluster sets each node's own clock rate
         self.name = f"{role.value}{slot}"
+        self.observer = False  # follows the chain, never signs
         # durable
         self.journal: dict[bytes, bytes] = {}
         self.chain: list[CertifiedBlock] = []
@@ -267,6 +268,7 @@ class SimNode:
         if self.correct:
             checker.on_commit(self.name, cb, root)
         self.cluster.on_commit(self, cb)
+        self.cluster.gossip_block(self, cb)
         self.replica.executed(cb.block.header.height, root)
         self.cluster.on_executed(self, cb.block.header.height)
 

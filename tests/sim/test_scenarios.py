@@ -286,3 +286,17 @@ def test_f_twins_keep_the_checker_quiet() -> None:
         cluster.run_for(5_000)
         cluster.heal()
         cluster.check_liveness(3, BOUND_MS)
+
+
+def test_observers_follow_the_chain_from_gossiped_blocks_and_catch_up() -> None:
+    """Two non-validators (replicas without a key) follow every committed block;
+    one is down for a while and catches up by asking validators."""
+    cluster = _cluster(n=4, observers=2)
+    observers = [node for node in cluster.nodes if node.observer]
+    _until_height(cluster, 5)
+    assert len(observers) == 2 and not any(node.replica.is_validator for node in observers)
+    cluster.crash(observers[1].slot)
+    cluster.run_for(5_000)
+    cluster.restart(observers[1].slot)
+    cluster.check_liveness(5, BOUND_MS)
+    assert all(node.height >= 10 for node in observers)

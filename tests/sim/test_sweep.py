@@ -76,6 +76,8 @@ def test_default_seeds_cover_every_fault_class() -> None:
         seen["twins"] += bool(o.twins)
         seen["f_faulty"] += len(o.twins) + len(o.byzantine) == o.f
         seen[f"epoch/{o.epoch_change}"] += o.epoch_change is not None
+        seen["observers"] += o.observers > 0
+        seen["slow_links"] += net.one_way_delay_mean_ms >= 200
         if net.partition_mode is not PartitionMode.NONE:
             seen[f"partition/{net.partition_symmetry.value}"] += 1
         for _, behaviours in o.byzantine:
@@ -84,6 +86,7 @@ def test_default_seeds_cover_every_fault_class() -> None:
     wanted = [
         "n=4", "n=7", "n=10", "loss", "duplication", "clogging", "crashes", "clock_skew",
         "codec", "twins", "f_faulty", *BEHAVIOURS, COLLUDE, "epoch/rotate", "epoch/remove",
+        "observers", "slow_links",
         *(f"partition/{s.value}" for s in PartitionSymmetry),
     ]  # fmt: skip
     assert {w: seen[w] for w in wanted if seen[w] < 5} == {}
