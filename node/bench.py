@@ -568,7 +568,19 @@ class Net:
             shutil.rmtree(self.out, ignore_errors=True)
 
 
-def start_localnet(validators: int, clients: int, out: Path | None = None) -> Net:
+def start_localnet(validators: int, clients: int, attempts: int = 3) -> Net:
+    """`_start_localnet`, retried on other ports (another process may take a port we chose)."""
+    for attempt in range(attempts):
+        try:
+            return _start_localnet(validators, clients)
+        except BenchError as exc:
+            if attempt == attempts - 1:
+                raise
+            say(f"  {exc}; retrying on other ports")
+    raise AssertionError("unreachable")
+
+
+def _start_localnet(validators: int, clients: int, out: Path | None = None) -> Net:
     from node.localnet import Localnet, LocalnetError
     from node.testnet import generate_testnet
 
@@ -977,9 +989,13 @@ def scenario_latency(args: Any, ceiling: float) -> list[dict[str, Any]]:
 
 def scenario_scale(args: Any, ceiling: float) -> list[dict[str, Any]]:
     args.duration = args.duration or 30.0
-    runs = []
+    runs: list[dict[str, Any]] = []
     for n in SCALE_VALIDATORS:
-        runs.extend(scenario_throughput(args, ceiling, validators=n))
+        try:
+            runs.extend(scenario_throughput(args, ceiling, validators=n))
+        except BenchError as exc:  # keep the other sizes' figures
+            say(f"  N={n}: {exc}")
+            runs.append({"validators": n, "error": str(exc)[:500]})
     return runs
 
 
@@ -1222,6 +1238,8 @@ def summarise(scenario: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if scenario == "scale":
         per_n: dict[int, list[float]] = {}
         for r in runs:
+            if "committed_tps" not in r:
+                continue
             per_n.setdefault(r["validators"], []).append(r["committed_tps"])
         medians = {n: statistics.median(v) for n, v in sorted(per_n.items())}
         work = [tps * n for n, tps in medians.items()]

@@ -267,3 +267,10 @@ def test_signed_payload_cut_from_bytes_equals_the_re_encoded_one() -> None:
         # bytes that are not this tx's encoding fall back to re-encoding
         assert signed_payload_of(tx, raw[:-1] + b"\x00") == signed_payload(tx)
         assert signed_payload_of(tx, b"\x00" + raw[1:]) == signed_payload(tx)
+
+
+def test_scale_summary_skips_sizes_that_failed() -> None:
+    runs = [_run(4000, 1, 4), {"validators": 16, "error": "did not start"}]
+    s = bench.summarise("scale", runs)
+    assert s["committed_tps_median"] == {"4": 4000}
+    assert s["work_spread"] == 0
