@@ -84,7 +84,7 @@ PEAK_RATE_GUESS = 8000.0  # tx/s: how many to pre-generate for a closed loop
 PREGEN_TXS_MAX = 1_500_000
 READY_TIMEOUT_S = 120.0
 HTTP_TIMEOUT_S = 60.0
-DRAIN_S = 5.0
+DRAIN_S = 15.0  # after the window: wait this long at most for its txs to commit
 STATUS_FIELDS = ("height", "txs_committed")
 RESULT_FIELDS = (
     "bench",
