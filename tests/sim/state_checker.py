@@ -120,10 +120,9 @@ class StateChecker:
         `journal` is its durable journal at that moment (None: not checked).
         `durable_from` = (view, stable height, committed height) of the replica:
         records of older views and of heights at or below the stable checkpoint
-        are garbage-collected, and a NEW-VIEW's re-proposals of committed heights
-        need none (the replica never signs another block at a committed height).
+        are garbage-collected.
         """
-        view, stable, committed = durable_from
+        view, stable, _committed = durable_from
         if isinstance(message, PrePrepare | Prepare | Commit):
             self._vote(sender, sender_id, message)
             if journal is not None and message.view >= view and message.height > stable:
@@ -131,7 +130,7 @@ class StateChecker:
         elif isinstance(message, NewView):
             for pp in message.pre_prepares:
                 self._vote(sender, sender_id, pp)
-                if journal is not None and pp.height > max(stable, committed):
+                if journal is not None and pp.height > stable:
                     self._durable(sender, sender_id, pp, journal)
         elif isinstance(message, Checkpoint) and message.replica == sender_id:
             self._checkpoint(sender, message)
