@@ -38,12 +38,23 @@ def ports_free(base: int, count: int) -> bool:
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def choose_base_port(nodes: int, rng: random.Random | None = None) -> int:
     """A base port whose whole range (PORTS_PER_NODE per node) is free right now."""
     rng = rng or random.Random()
     span = nodes * PORTS_PER_NODE
+    low, high = _ephemeral_range()
     for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - span, 10)
+        base = rng.randrange(10_000, 60_000 - span, 10)
+        if base + span > low and base < high:
+            continue  # never collide with the kernel's ephemeral ports (outgoing connections)
         if ports_free(base, span):
             return base
     raise RuntimeError("no free port range found on 127.0.0.1")
