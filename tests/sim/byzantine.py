@@ -22,7 +22,7 @@ Behaviours (any subset per node):
 - `bad_state_claim`: as primary, claims a wrong state root in its blocks;
 - `forged_view_change`: adds to its VIEW-CHANGEs a prepared certificate for a
   block it made up (signed by itself as that view's primary, the other
-  PREPAREs with signatures it cannot make).
+  PREPAREs with signatures it cannot make), full or stripped to its header.
 
 `collude` (never in random profiles: it is for more than f faulty nodes) makes
 all colluders share one `Collusion`: the correct replicas are split into two
@@ -55,6 +55,7 @@ from consensus.types import (
     ViewChange,
     signed_payload,
 )
+from consensus.validators import ValidatorSet
 
 BEHAVIOURS = (
     "equivocate",
@@ -119,6 +120,7 @@ class Byzantine:
         self.key = key
         self.chain_id = chain_id
         self.validators = validators
+        self.vset_hash = ValidatorSet(epoch=0, validators=validators).hash()  # genesis epoch
         self.peers = tuple(v for v in validators if v != key.public)
         self.oversized = oversized
         self.silent_to = frozenset(self._silent_targets())
@@ -207,16 +209,20 @@ class Byzantine:
         mine = [v for v in range(max(0, vc.new_view - 3 * n), vc.new_view) if v % n == me]
         if vc.new_view == 0 or len(vc.prepared) >= MAX_PREPARED_IN_VIEW_CHANGE:
             return vc
-        # its own past view if it had one, else a view it was never primary of
-        view, height = (mine or [vc.new_view - 1])[-1], vc.stable_height + 1
+        # its own past view if it had one, else its own first view (perhaps not even
+        # begun) or a view it was never primary of
+        fallback = me if self.rng.random() < 0.5 else vc.new_view - 1
+        view, height = (mine or [fallback])[-1], vc.stable_height + 1
         txs = (b"forged-%d" % self.rng.randrange(1 << 30),)
         header = BlockHeader(
             chain_id=self.chain_id, height=height, view=view, epoch=0,
             parent_hash=self.rng.randbytes(32), tx_root=merkle.root(txs), tx_count=1,
             state_height=0, state_root=ZERO_HASH, proposer=self.key.public,
-            timestamp_ms=0, validator_set_hash=self.rng.randbytes(32),
+            timestamp_ms=0, validator_set_hash=self.vset_hash,
         )  # fmt: skip
-        block = Block(header=header, txs=txs)
+        # half the time "stripped" (header only), which peers accept on q-1 PREPAREs alone
+        stripped = self.rng.random() < 0.5
+        block = Block(header=header, txs=() if stripped else txs)
         pp = self._sign(PrePrepare(view, height, block, self.key.public, bytes(64)))
         prepares = [self._sign(Prepare(view, height, block.hash(), self.key.public, bytes(64)))]
         for peer in self.peers:
