@@ -242,6 +242,28 @@ def _encode_internal(children: Sequence[NodeRef | None]) -> tuple[bytes, bytes]:
     return bm + _U16.pack(leafmask) + hs + struct.pack(f">{len(versions)}Q", *versions), h
 
 
+def _rewrite_in_place(
+    raw: bytes, bitmap: int, leafmask: int, k: int, changes: dict[int, NodeRef | None],
+    depth: int, khash0: bytes, version: int, puts: dict[bytes, bytes],
+) -> NodeRef:  # fmt: skip
+    """The common case of `_rewrite`: only existing children change (same shape, k >= 2)."""
+    buf = bytearray(raw)
+    vbase = 4 + 32 * k
+    for n, c in changes.items():
+        assert c is not None
+        j = (bitmap & ((1 << n) - 1)).bit_count()
+        buf[4 + 32 * j : 36 + 32 * j] = c[0]
+        _U64.pack_into(buf, vbase + 8 * j, c[1])
+        leafmask = leafmask | (1 << n) if c[2] else leafmask & ~(1 << n)
+    _U16.pack_into(buf, 2, leafmask)
+    out = bytes(buf)
+    if k == 1 and leafmask:  # a lone child that is now a leaf moves up
+        return NodeRef(out[4:36], _U64.unpack_from(out, 36)[0], True)
+    h = _sha256(b"\x01" + out[:2] + out[4:vbase]).digest()
+    puts[internal_key(depth, khash0, version)] = out
+    return NodeRef(h, version, False)
+
+
 def _popcount(x: int) -> int:
     return x.bit_count()
 
@@ -414,6 +436,10 @@ class StateTree:
         depth: int, khash0: bytes, version: int, puts: dict[bytes, bytes],
     ) -> NodeRef | None:  # fmt: skip
         """Re-encode an internal node with `changes` applied, copying untouched children."""
+        if all(c is not None and bitmap >> n & 1 for n, c in changes.items()):
+            return _rewrite_in_place(
+                raw, bitmap, leafmask, k, changes, depth, khash0, version, puts
+            )
         hashes: list[bytes] = []
         versions: list[bytes] = []
         new_bm = new_lm = 0
