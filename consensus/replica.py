@@ -146,7 +146,7 @@ class ReplicaConfig:
     pipeline_depth: int = 4  # heights in flight; also the state-claim lag (types.py)
     checkpoint_interval: int = 64
     block_txs_max: int = 4000
-    block_bytes_max: int = 4 * 1024 * 1024
+    block_bytes_max: int = 1536 * 1024
     view_change_timeout_ticks: int = 20  # node ticks every 100 ms
     view_change_backoff_max: int = 5  # timeout doubles per consecutive view change, 2**5 at most
     retransmit_ticks: int = 10  # re-send own votes for stuck heights this often

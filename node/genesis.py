@@ -49,6 +49,7 @@ MEMBERS_PER_AGENCY_MAX = 10_000
 NAME_CHARS_MAX = 128
 ADDRESS_CHARS_MAX = 255
 BLOCK_BYTES_MAX_LIMIT = 32 * 1024 * 1024 - 64 * 1024  # stays under codec.MAX_MESSAGE_BYTES
+NEW_VIEW_BYTES_MAX = 32 * 1024 * 1024 - 1024 * 1024  # codec.MAX_MESSAGE_BYTES less headroom
 TX_OVERHEAD_BYTES = 4096  # room for a transaction's fixed fields around its value
 
 _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -65,7 +66,7 @@ class Params:
     """Chain parameters fixed at genesis. Names carry their units last."""
 
     block_txs_max: int = 4000
-    block_bytes_max: int = 4 * 1024 * 1024
+    block_bytes_max: int = 1536 * 1024  # see view_change_bytes_bound
     pipeline_depth: int = 4
     checkpoint_interval: int = 64
     record_value_bytes_max: int = 64 * 1024
@@ -154,6 +155,7 @@ class Genesis:
         params = _params(d.get("params", {}), "params")
         d.done()
         _check_references(agencies, validators)
+        _check_view_change_size(len(validators), params)
         return cls(chain_id, genesis_time_ms, agencies, validators, params)
 
     def to_dict(self) -> dict[str, Any]:
@@ -389,6 +391,32 @@ def _params(doc: Any, path: str) -> Params:
             f"with the largest value (needs at least {smallest_block})"
         )
     return params
+
+
+def view_change_bytes_bound(validators: int, params: Params) -> int:
+    """Worst-case bytes of a NEW-VIEW: q VIEW-CHANGEs, each with up to pipeline_depth full blocks.
+
+    A NEW-VIEW must fit in one wire message (codec.MAX_MESSAGE_BYTES), so
+    block_bytes_max is bounded by the number of validators and the pipeline depth.
+    """
+    quorum = (validators + (validators - 1) // 3) // 2 + 1
+    return quorum * params.pipeline_depth * params.block_bytes_max
+
+
+def block_bytes_max_for(validators: int, pipeline_depth: int) -> int:
+    """The largest block_bytes_max whose NEW-VIEW still fits in one message."""
+    quorum = (validators + (validators - 1) // 3) // 2 + 1
+    return NEW_VIEW_BYTES_MAX // (quorum * pipeline_depth)
+
+
+def _check_view_change_size(validators: int, params: Params) -> None:
+    if view_change_bytes_bound(validators, params) > NEW_VIEW_BYTES_MAX:
+        limit = block_bytes_max_for(validators, params.pipeline_depth)
+        raise GenesisError(
+            f"params.block_bytes_max: {params.block_bytes_max} is too large for "
+            f"{validators} validators with pipeline_depth {params.pipeline_depth}: a view change "
+            f"could exceed the {NEW_VIEW_BYTES_MAX}-byte message limit (at most {limit})"
+        )
 
 
 def _check_references(agencies: tuple[Agency, ...], validators: tuple[Validator, ...]) -> None:

@@ -48,7 +48,7 @@ CHAIN_ID_CHARS_MAX = 64
 
 DEFAULT_PARAMS: dict[str, int] = {
     "block_txs_max": 4000,
-    "block_bytes_max": 4 * 1024 * 1024,
+    "block_bytes_max": 1536 * 1024,  # lowered for large N by make_genesis (view-change size)
     "pipeline_depth": 4,
     "checkpoint_interval": 64,
     "record_value_bytes_max": 65536,
@@ -170,6 +170,15 @@ def init_home(
     return key
 
 
+def _params_for(validators: int) -> dict[str, int]:
+    from node.genesis import block_bytes_max_for
+
+    params = dict(DEFAULT_PARAMS)
+    limit = block_bytes_max_for(validators, params["pipeline_depth"])
+    params["block_bytes_max"] = min(params["block_bytes_max"], limit)
+    return params
+
+
 def make_genesis(
     chain_id: str,
     validators: list[tuple[str, bytes, bytes, int]],
@@ -193,7 +202,7 @@ def make_genesis(
         "genesis_time_ms": genesis_time_ms,
         "agencies": agencies,
         "validators": entries,
-        "params": dict(DEFAULT_PARAMS),
+        "params": _params_for(len(validators)),
     }
 
 

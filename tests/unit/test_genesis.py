@@ -188,3 +188,28 @@ def test_load_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(GenesisError) as info:
         Genesis.load(path)
     assert str(path) in str(info.value) and "validators" in str(info.value)
+
+
+def test_block_size_is_bounded_so_a_new_view_fits_in_one_message() -> None:
+    """q VIEW-CHANGEs of pipeline_depth full blocks must fit codec.MAX_MESSAGE_BYTES."""
+    from consensus import codec
+    from node.genesis import block_bytes_max_for, view_change_bytes_bound
+
+    big = copy.deepcopy(doc())
+    big["params"] = {"block_bytes_max": 8 * 1024 * 1024, "pipeline_depth": 4}
+    with pytest.raises(GenesisError, match=r"params\.block_bytes_max"):
+        Genesis.from_dict(big)
+    for n in (1, 4, 7, 16, 64):
+        limit = block_bytes_max_for(n, 4)
+        assert view_change_bytes_bound(n, Params(block_bytes_max=limit)) < codec.MAX_MESSAGE_BYTES
+    assert view_change_bytes_bound(4, Params()) < codec.MAX_MESSAGE_BYTES  # defaults fit n = 4
+
+
+def test_testnet_params_fit_large_validator_counts() -> None:
+    from node.testnet import make_genesis
+
+    validators = [
+        (f"node{i}", SigningKey.generate().public, SigningKey.generate().public, 7700 + 10 * i)
+        for i in range(16)
+    ]
+    Genesis.from_dict(make_genesis("redwood-test", validators, 0))  # must not raise
