@@ -42,18 +42,25 @@ NETNS_P2P_PORT = 7700
 NETNS_API_PORT = 7701
 HTTP_THREADS = 32
 STOP_TIMEOUT_S = 15.0
-TMPFS_SOURCE = "rwfault-tmpfs"  # device name of our tmpfs mounts, so leftovers can be found
+TMPFS_PREFIX = "rwfault-tmpfs-"  # device name of our tmpfs mounts: + the test's pid
+TMPFS_SOURCE = f"{TMPFS_PREFIX}{os.getpid()}"
 
 
 def remove_leftover_mounts() -> list[str]:
-    """Lazily unmount tmpfs mounts an earlier (killed) run of these tests left behind."""
+    """Lazily unmount tmpfs mounts left behind by runs whose test process is gone."""
     try:
         lines = Path("/proc/mounts").read_text().splitlines()
     except OSError:
         return []
-    gone = [line.split()[1] for line in lines if line.split()[0] == TMPFS_SOURCE]
-    for path in gone:
-        subprocess.run(["umount", "-l", path], capture_output=True, timeout=15, check=False)
+    gone = []
+    for line in lines:
+        source, path = line.split()[:2]
+        if not source.startswith(TMPFS_PREFIX) or source == TMPFS_SOURCE:
+            continue
+        pid = source[len(TMPFS_PREFIX) :]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["umount", "-l", path], capture_output=True, timeout=15, check=False)
+            gone.append(path)
     return gone
 
 

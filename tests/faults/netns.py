@@ -1,7 +1,8 @@
 """Linux network namespaces for fault tests: one per node, joined by veth pairs to a bridge.
 
-Everything lives in namespaces this module creates (names start with
-`PREFIX`): a bridge namespace holding `br0` (10.77.0.1/24) and one namespace
+Everything lives in namespaces this module creates (names
+`rwfault-<pid>-br` and `rwfault-<pid>-n<i>`, <pid> the test process, so that
+concurrent runs never meet; namespaces of a dead pid are leftovers): a bridge namespace holding `br0` (10.77.0.1/24) and one namespace
 per node holding `eth0` (10.77.0.(10+i)/24), the other end of its veth pair
 enslaved to `br0`. The host's own interfaces and routes are never touched.
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 
 PREFIX = "rwfault-"
-BRIDGE_NS = PREFIX + "br"
+RUN = f"{PREFIX}{os.getpid()}-"
+BRIDGE_NS = RUN + "br"
 SUBNET = "10.77.0"
 BRIDGE_ADDR = f"{SUBNET}.1"
 CLONE_NEWNET = 0x40000000
@@ -48,21 +51,38 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def list_ours() -> list[str]:
+    """This process's namespaces."""
+    return [n for n in _list_all() if n.startswith(RUN)]
+
+
+def _list_all() -> list[str]:
     done = _ip("netns", "list", check=False)
-    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-    return [n for n in names if n.startswith(PREFIX)]
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_leftovers() -> list[str]:
-    """Delete namespaces with our prefix left by an earlier (killed) run."""
-    gone = list_ours()
-    for name in gone:
-        _ip("netns", "del", name, check=False)
+    """Delete `rwfault-<pid>-*` namespaces whose test process is gone (a killed run)."""
+    gone = []
+    for name in _list_all():
+        m = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _ip("netns", "del", name, check=False)
+            gone.append(name)
     return gone
 
 
 def node_ns(i: int) -> str:
-    return f"{PREFIX}n{i}"
+    return f"{RUN}n{i}"
 
 
 def node_addr(i: int) -> str:
