@@ -167,7 +167,7 @@ def _check_writes(
 ) -> None:  # fmt: skip
     lost: set[str] = set()
     for ack in acked:
-        if ack.tx_hash and ack.tx_hash not in tx_hashes:
+        if ack.tx_hash not in tx_hashes:  # an acknowledgement without a hash counts as lost
             lost.add(ack.key)
             verdict.add(
                 f"acknowledged {ack.agency}/{ack.key} (tx {ack.tx_hash[:16]}) is in no block"
