@@ -300,3 +300,59 @@ def test_cli_gov_actions_encode_canonically() -> None:
         gov_action("remove-agency", [])
     with pytest.raises(CliError, match="cannot change"):
         gov_action("set-param", ["pipeline_depth", "3"])
+
+
+class _View:
+    """The part of the node the API's proof and governance routes read."""
+
+    def __init__(self, chain: ProofChain) -> None:
+        self.store = chain.store
+        self.app = chain.app
+        self.chain_id = CHAIN
+        self.node_id = VALIDATORS[0].public
+
+
+async def test_api_serves_bundles_that_verify_and_clear_errors(chain: ProofChain) -> None:
+    import httpx
+
+    from node.api import build_app
+
+    app = build_app(_View(chain))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
+        r = await c.get("/records/agency0/permit%2F1?proof=1")
+        assert r.status_code == 200
+        assert "'granted'" in verify_bundle(r.json(), chain.genesis)
+        r = await c.get("/records/agency0/nothing?proof=1")  # absence: 200 with a proof
+        assert r.status_code == 200 and r.json()["value"] is None
+        verify_bundle(r.json(), chain.genesis)
+        h = sha256(chain.store.get_block(2).block.txs[0]).hex()
+        r = await c.get(f"/txs/{h}?proof=1")
+        assert r.status_code == 200 and verify_bundle(r.json(), chain.genesis)
+        r = await c.get(f"/txs/{'00' * 32}?proof=1")
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        r = await c.get("/records/agency0/permit%2F1?proof=maybe")
+        assert r.status_code == 400 and r.json()["error"] == "bad_proof"
+        r = await c.get("/gov/proposals")
+        assert r.status_code == 200 and r.json()["proposals"] == []
+        assert [a["id"] for a in r.json()["agencies"]] == ["agency0", "agency1", "agency2"]
+        r = await c.get("/gov/proposals/1")
+        assert r.status_code == 404
+        r = await c.get("/gov/proposals/x1")
+        assert r.status_code == 400
+
+
+async def test_api_says_when_no_state_is_certified_yet(tmp_path: Path) -> None:
+    import httpx
+
+    from node.api import build_app
+
+    fresh = ProofChain(tmp_path / "fresh")
+    try:
+        app = build_app(_View(fresh))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://n") as c:
+            r = await c.get("/records/agency0/k?proof=1")
+        assert r.status_code == 503 and r.json()["error"] == "proof_unavailable"
+    finally:
+        fresh.close()
