@@ -24,9 +24,11 @@ A proposal passes when approvals * gov_threshold_den >= gov_threshold_num *
 most once. Changes take effect from the next block (membership is read from the
 state at the start of each block). A validator change creates a new epoch
 starting at the first checkpoint boundary (height k*checkpoint_interval + 1)
-above height + pipeline_depth (and after any epoch already scheduled), so the
-header certifying the decision is still signed by the old set: an offline
-verifier can follow the epochs from genesis (see docs/proofs.md).
+above height + 2 * pipeline_depth (and after any epoch already scheduled), so
+the headers that certify the decision (from height + pipeline_depth on, at
+least pipeline_depth + 1 of them, in case some are null blocks) are still
+signed by the old set: an offline verifier can follow the epochs from genesis
+(see docs/proofs.md).
 
 Only application parameters may change (`MUTABLE_PARAMS`): consensus
 parameters are fixed for the life of a chain.
@@ -417,7 +419,7 @@ class GovBlock:
         s = self.state
         last_epoch, last_first = (s.epochs[-1][0], s.epochs[-1][1]) if s.epochs else (0, 1)
         first = next_boundary(
-            max(self.height + self.pipeline_depth, last_first), self.checkpoint_interval
+            max(self.height + 2 * self.pipeline_depth, last_first), self.checkpoint_interval
         )
         if s.epochs and last_first > self.height:
             # an epoch is already scheduled but not started: a later one follows it

@@ -122,7 +122,7 @@ def test_validator_changes_make_epochs_that_verify_from_genesis(chain: ProofChai
     chain.commit([approve(chain, 1, 1)])  # passes at height 2
     (epoch,) = chain.app.gov.epochs
     assert epoch[0] == 1 and epoch[2][-1] == fifth.public
-    assert epoch[1] == next_boundary(2 + 2, 4) == 5  # above height + depth, at a boundary
+    assert epoch[1] == next_boundary(2 + 2 * 2, 4) == 9  # above height + 2 depth, at a boundary
     first = epoch[1]
     chain.advance(first - 1 - chain.store.head_height())
     assert chain.store.head_height() == first - 1
