@@ -27,3 +27,18 @@ SEEDS = {  # all found with generation 1
 @pytest.mark.parametrize("seed", sorted(SEEDS), ids=lambda s: f"seed={s}")
 def test_regression_seed(seed: int) -> None:
     Cluster(SimOptions.from_seed(seed, generation=1)).run()
+
+
+LATER_SEEDS = {  # seed -> (generation, what broke)
+    1551: (
+        6,
+        "an observer restarted below a membership change drops every gossiped block of the "
+        "new epoch as wrong_epoch and never starts catch-up (stuck at height 1 forever)",
+    ),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(LATER_SEEDS), ids=lambda s: f"seed={s}")
+def test_regression_seed_later_generation(seed: int) -> None:
+    generation, _ = LATER_SEEDS[seed]
+    Cluster(SimOptions.from_seed(seed, generation=generation)).run()

@@ -300,3 +300,23 @@ def test_observers_follow_the_chain_from_gossiped_blocks_and_catch_up() -> None:
     cluster.restart(observers[1].slot)
     cluster.check_liveness(5, BOUND_MS)
     assert all(node.height >= 10 for node in observers)
+
+
+def test_observer_down_across_a_membership_change_catches_up() -> None:
+    """An observer that was down while the validator set changed only hears gossiped
+    blocks of the new epoch, which it cannot check yet: it must still fetch the
+    blocks in between (and learn the change by executing them)."""
+    cluster = _cluster(
+        n=4, observers=1, epoch_change="rotate", epoch_change_height=6, checkpoint_interval=4
+    )
+    observer = next(node for node in cluster.nodes if node.observer)
+    _until_height(cluster, 2)
+    cluster.crash(observer.slot)
+    first = cluster.epoch_plan[1][0]
+    validators = [node for node in cluster.nodes if not node.observer]
+    ok = cluster.run_until(
+        lambda: min(node.height for node in validators) >= first + 20, cluster.now_ms + BOUND_MS
+    )
+    assert ok
+    cluster.restart(observer.slot)
+    cluster.check_liveness(3, BOUND_MS)
