@@ -242,6 +242,9 @@ def _encode_internal(children: Sequence[NodeRef | None]) -> tuple[bytes, bytes]:
     return bm + _U16.pack(leafmask) + hs + struct.pack(f">{len(versions)}Q", *versions), h
 
 
+_UNTOUCHED = object()
+
+
 def _rewrite_in_place(
     raw: bytes, bitmap: int, leafmask: int, k: int, changes: dict[int, NodeRef | None],
     depth: int, khash0: bytes, version: int, puts: dict[bytes, bytes],
@@ -440,27 +443,29 @@ class StateTree:
             return _rewrite_in_place(
                 raw, bitmap, leafmask, k, changes, depth, khash0, version, puts
             )
+        new_bm = bitmap
+        for n, c in changes.items():
+            new_bm = new_bm & ~(1 << n) if c is None else new_bm | (1 << n)
         hashes: list[bytes] = []
         versions: list[bytes] = []
-        new_bm = new_lm = 0
+        new_lm = 0
         vbase = 4 + 32 * k
-        j = 0
-        for i in range(16):
-            present = bitmap >> i & 1
-            if i in changes:
-                c = changes[i]
-                if c is not None:
-                    new_bm |= 1 << i
-                    if c[2]:
-                        new_lm |= 1 << i
-                    hashes.append(c[0])
-                    versions.append(_U64.pack(c[1]))
-            elif present:
-                new_bm |= 1 << i
-                new_lm |= leafmask & (1 << i)
+        rest = new_bm
+        while rest:  # only the children present afterwards, in nibble order
+            low = rest & -rest
+            rest ^= low
+            c = changes.get(low.bit_length() - 1, _UNTOUCHED)
+            if c is _UNTOUCHED:
+                j = (bitmap & (low - 1)).bit_count()
+                new_lm |= leafmask & low
                 hashes.append(raw[4 + 32 * j : 36 + 32 * j])
                 versions.append(raw[vbase + 8 * j : vbase + 8 * j + 8])
-            j += present
+            else:
+                assert isinstance(c, NodeRef)
+                if c[2]:
+                    new_lm |= low
+                hashes.append(c[0])
+                versions.append(_U64.pack(c[1]))
         if not hashes:
             return None
         if len(hashes) == 1 and new_lm:
