@@ -489,6 +489,16 @@ class StateTree:
         stale: list[bytes],
     ) -> NodeRef | None:
         khash, vhash = self._leaf(ref)
+        if len(items) == 1 and items[0][0] == khash:  # the common case: this key changes
+            new_v = items[0][1]
+            if new_v == vhash:
+                return ref
+            stale.append(leaf_key(ref.hash, ref.version))
+            if new_v is None:
+                return None
+            h = leaf_hash(khash, new_v)
+            puts[leaf_key(h, version)] = khash + new_v
+            return NodeRef(h, version, True)
         merged = dict(items)
         if khash in merged:
             if len(items) == 1 and merged[khash] == vhash:
