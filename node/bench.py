@@ -1320,6 +1320,7 @@ def add_arguments(p: Any) -> None:
 def run(args: Any) -> dict[str, Any]:
     """Run the scenario of parsed `args`; print the summary; write JSON; return the document."""
     check_args(args)
+    commit = git_commit()  # the code the nodes run: the tree may move during a long run
     load_before = load_average()
     say("measuring the single-core pipeline ceiling...")
     ceiling = measure_ceiling()
@@ -1334,6 +1335,7 @@ def run(args: Any) -> dict[str, Any]:
         if k in ("validators", "nodes", "duration", "rate", "clients", "runs", "txs")
     }
     doc = result(args.scenario, params, ceiling, runs, load_before)
+    doc["commit"] = commit
     print(human(doc), flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
