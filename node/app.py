@@ -171,7 +171,7 @@ class Rejected:
 class Executed:
     writes: list[StateWrite]
     tx_status: list[int]  # one `Code` per transaction of the block, in order
-    meta: dict[bytes, bytes]
+    meta: dict[bytes, bytes | None]  # None deletes (pruned state-tree nodes)
     state_root: bytes
     height: int = 0
     tx_hashes: tuple[bytes, ...] = ()  # of the block's transactions, in order
@@ -188,6 +188,7 @@ class Store(Protocol):
     def head_height(self) -> int: ...
     def has_tx(self, tx_hash: bytes) -> bool: ...
     def get_meta(self, key: bytes) -> bytes | None: ...
+    def get_record(self, key: bytes) -> Any: ...
     def commit_block(
         self,
         cb: CertifiedBlock,
@@ -382,7 +383,7 @@ class Application:
             meta[state_tree.stale_key(height)] = state_tree.encode_stale(update.stale)
         self._prune(height, meta)
         return Executed(
-            writes, status, meta, root, height, hashes, applied,  # type: ignore[arg-type]
+            writes, status, meta, root, height, hashes, applied,
             gb.state, tuple(gb.new_epochs), update,
         )  # fmt: skip
 

@@ -157,7 +157,8 @@ class _Obj:
     def __init__(self, d: Any, where: str) -> None:
         if not isinstance(d, dict):
             raise ProofError(f"{where}: expected an object")
-        self.d, self.where, self.seen = d, where, set()
+        self.d, self.where = d, where
+        self.seen: set[str] = set()
 
     def get(self, name: str) -> Any:
         if name not in self.d:

@@ -36,7 +36,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from consensus import codec
 
@@ -240,9 +240,6 @@ def _encode_internal(children: Sequence[NodeRef | None]) -> tuple[bytes, bytes]:
     bm = _U16.pack(bitmap)
     h = _sha256(b"\x01" + bm + hs).digest()
     return bm + _U16.pack(leafmask) + hs + struct.pack(f">{len(versions)}Q", *versions), h
-
-
-_UNTOUCHED = object()
 
 
 def _rewrite_in_place(
@@ -454,14 +451,15 @@ class StateTree:
         while rest:  # only the children present afterwards, in nibble order
             low = rest & -rest
             rest ^= low
-            c = changes.get(low.bit_length() - 1, _UNTOUCHED)
-            if c is _UNTOUCHED:
+            n = low.bit_length() - 1
+            if n not in changes:
                 j = (bitmap & (low - 1)).bit_count()
                 new_lm |= leafmask & low
                 hashes.append(raw[4 + 32 * j : 36 + 32 * j])
                 versions.append(raw[vbase + 8 * j : vbase + 8 * j + 8])
             else:
-                assert isinstance(c, NodeRef)
+                c = changes[n]
+                assert c is not None
                 if c[2]:
                     new_lm |= low
                 hashes.append(c[0])
@@ -529,7 +527,7 @@ class StateTree:
             raise TreeError("two distinct keys share all 64 nibbles")
         children: list[NodeRef | None] = [None] * 16
         for n, group in _groups(items, depth):
-            children[n] = self._build(depth + 1, group, version, puts)  # type: ignore[arg-type]
+            children[n] = self._build(depth + 1, group, version, puts)
         raw, h = _encode_internal(children)
         puts[internal_key(depth, items[0][0], version)] = raw
         return NodeRef(h, version, False)
@@ -541,9 +539,9 @@ def _decode_leaf(raw: bytes) -> tuple[bytes, bytes]:
     return (bytes(raw[:32]), bytes(raw[32:]))
 
 
-def _groups(items: list[tuple[bytes, object]], depth: int) -> list[tuple[int, list]]:  # type: ignore[type-arg]
+def _groups(items: list[Any], depth: int) -> list[tuple[int, list[Any]]]:
     """Split sorted items by their nibble at `depth` (stays sorted)."""
-    out: list[tuple[int, list]] = []  # type: ignore[type-arg]
+    out: list[tuple[int, list[Any]]] = []
     cur = -1
     i, odd = depth >> 1, depth & 1
     for item in items:
