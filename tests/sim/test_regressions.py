@@ -35,6 +35,7 @@ LATER_SEEDS = {  # seed -> (generation, what broke)
         "an observer restarted below a membership change drops every gossiped block of the "
         "new epoch as wrong_epoch and never starts catch-up (stuck at height 1 forever)",
     ),
+    3117: (6, "same as 1551 with the primary twinned, a validator removed and two observers"),
 }
 
 
