@@ -1101,7 +1101,7 @@ def _load_until_committed(net: Net, batches: Sequence[Batch], count: int, ceilin
 
 
 def build_store(net_dir: Path, testnet: Any, senders: Sequence[tuple[str, Any]], count: int) -> int:
-    """Commit `count` signed puts to node0's store in full blocks; hard-link it into every home."""
+    """Commit `count` signed puts to node0's store in full blocks; copy it into every home."""
     from node.app import Application
     from node.genesis import Genesis
     from storage.keyfile import read_key
@@ -1135,10 +1135,8 @@ def build_store(net_dir: Path, testnet: Any, senders: Sequence[tuple[str, Any]],
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         for f in src.iterdir():
-            if f.suffix in (".ldb", ".sst"):
-                os.link(f, dst / f.name)  # LevelDB never rewrites a table file
-            else:
-                shutil.copy2(f, dst / f.name)
+            # copies, not hard links: a node died of SIGBUS once on shared table files
+            shutil.copy2(f, dst / f.name)
     return height
 
 
