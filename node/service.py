@@ -566,11 +566,12 @@ class Node:
         }
 
     def validators(self) -> list[dict[str, Any]]:
-        by_id = {v.node_id: v for v in self.genesis.validators}
+        gov = self.app.gov  # genesis plus every passed governance proposal
+        by_id = {v.node_id: v for v in (*self.genesis.validators, *gov.validators)}
         out = []
         for i, nid in enumerate(self.replica_validators()):
             v = by_id.get(nid)
-            agency = self.genesis.agency(v.agency) if v else None
+            agency = (gov.agency(v.agency) or self.genesis.agency(v.agency)) if v else None
             out.append({
                 "index": i,
                 "node_id": nid.hex(),
