@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from tests.faults.harness import REPO, FaultCluster
 from tests.faults.workload import Workload
 
@@ -117,6 +119,19 @@ class Runner:
             )
         return " ".join(out)
 
+    def not_ready(self, nodes: list[int]) -> dict[str, str]:
+        """name -> why, for every node in `nodes` that does not answer /ready with 200."""
+        out = {}
+        for i in nodes:
+            try:
+                r = self.c.get(i, "/ready", 3.0)
+            except httpx.HTTPError as exc:
+                out[f"{self.c.nodes[i].name} /ready"] = type(exc).__name__
+                continue
+            if r.status_code != 200:
+                out[f"{self.c.nodes[i].name} /ready"] = r.text[:120]
+        return out
+
     def measure_recovery(self, kind: str) -> None:
         honest = self.honest()
         h0 = max(self.heights(honest).values(), default=0)
@@ -144,6 +159,7 @@ class Runner:
         ok, took = wait_for("every honest node caught up", caught_up, CATCH_UP_S)
         if not ok:
             lag = {self.c.nodes[i].name: h for i, h in self.heights(honest).items()}
+            lag.update(self.not_ready(honest))
             self.violation(f"after healing {kind}: honest nodes not all ready above {h0} "
                            f"within {CATCH_UP_S:.0f} s: {lag}")  # fmt: skip
         self.c.note(f"healed {kind}: commit after {stall:.1f} s, all caught up after {took:.1f} s")

@@ -111,7 +111,7 @@ def _finish(
         "every node ready", lambda: all(cluster.is_ready(i) for i in everyone), RECOVERY_S
     )
     if took > RECOVERY_S:
-        not_ready = [cluster.nodes[i].name for i in everyone if not cluster.is_ready(i)]
+        not_ready = runner.not_ready(everyone)
         runner.violation(f"not /ready {RECOVERY_S:.0f} s after the faults stopped: {not_ready}")
     workload.stop()
     honest = runner.honest()
