@@ -356,3 +356,28 @@ async def test_api_says_when_no_state_is_certified_yet(tmp_path: Path) -> None:
         assert r.status_code == 503 and r.json()["error"] == "proof_unavailable"
     finally:
         fresh.close()
+
+
+def test_replaced_tree_nodes_are_pruned_after_the_kept_versions(
+    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node import app as app_module
+    from storage import state_tree
+
+    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 3)
+    start = chain.store.head_height()
+    for i in range(6):
+        chain.commit([chain.tx(0, "put", "permit/1", f"v{i}")])
+    stale_at = start + 1  # replaced by the first of these blocks, pruned 3 heights later
+    assert chain.store.get_meta(state_tree.stale_key(stale_at)) is None
+    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
+    head = chain.store.head_height()
+    khash = state_tree.key_hash(record_state_key("agency0", b"permit/1"))
+    proof = fresh.prove_state(head, khash)
+    assert state_tree.verify(fresh.state_root_at(head), khash, proof.leaf[1], proof)
+    with pytest.raises(state_tree.TreeError):
+        fresh.prove_state(start, khash)  # that version's nodes are gone
+    chain.advance(2)
+    verify_bundle(
+        build_record_bundle(chain.store, chain.app, "agency0", b"permit/1"), chain.genesis
+    )
