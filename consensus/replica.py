@@ -57,6 +57,15 @@ checkpoints above its height, a certificate above it, a NEW-VIEW whose
 checkpoint it lacks, messages from f+1 peers above its window) sends
 BlockRequests to peers in turn and applies the certified blocks it gets back
 after checking each certificate against the epoch in force at that height.
+A replica learns epochs only by executing the blocks that decide them, so a
+certified block naming an epoch newer than any it knows, above the heights
+whose epoch is already settled (executed + pipeline_depth, see `add_epoch`),
+cannot be checked yet. Gossiped (or a status from a non-member), it is only
+a *hint*: one BlockRequest for the next heights to the peer that sent it,
+when idle and at most once per catchup_retry_ticks, never `catching_up` (an
+unchecked claim must not stop proposals). Fetched, such blocks wait, at most
+one response's worth, until execution has taught us their epoch; then they
+are verified like any other and committed, or dropped.
 
 Durability. Every vote is journaled before it leaves (`journal_codec`): a
 restarted replica never signs two digests for one (view, height, phase), never
@@ -127,6 +136,8 @@ __all__ = [
 ]
 
 BLOCKS_PER_HEIGHT_MAX = 4  # candidate blocks remembered per height (one per view tried)
+HINTS_MAX = 64  # peers whose unverifiable claims of a higher height are remembered
+EPOCH_UNKNOWN = "epoch_unknown"  # a certified block of an epoch we cannot know yet
 RECENT_HASHES_MAX = 4096  # committed (hash, timestamp) kept above the stable checkpoint
 
 
@@ -332,6 +343,8 @@ class Replica:
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
         self.catchup_rotation = 0
+        self.hints: dict[bytes, int] = {}  # peer -> height it claimed, unverifiable (<= HINTS_MAX)
+        self.waiting_blocks: list[CertifiedBlock] = []  # consecutive, epoch not known yet
         for h, pc in self.pcerts.items():  # journaled blocks stay available to commit by digest
             if self.committed_height < h <= self.accept_limit:
                 self._remember_block(self._slot(h), pc.pre_prepare.block)
@@ -483,6 +496,7 @@ class Replica:
         if height % self.config.checkpoint_interval == 0:
             self._make_checkpoint(height, state_root)
         self._retry_held()
+        self._retry_waiting_blocks()
         self._try_new_view()
 
     # -- inputs: peers -----------------------------------------------------------------------
@@ -522,6 +536,8 @@ class Replica:
                 self._send_block_request()
             elif self._stuck():
                 self._probe_ahead()
+            if self.catchup_last_tick != self.ticks:
+                self._probe_hinted()
         if not self.is_validator:
             return
         if not (self.in_view_change or self._has_work()):
@@ -1434,6 +1450,7 @@ class Replica:
             return
         if sa.replica not in self.vset:
             self._drop("not_validator")
+            self._hint(sender, sa.height)  # perhaps a validator of an epoch we do not know yet
             return
         self._note_peer_height(sa.replica, sa.height)
 
@@ -1477,14 +1494,21 @@ class Replica:
 
     def on_block_response(self, response: BlockResponse, sender: bytes) -> None:
         progressed = False
-        for cb in response.blocks:
+        blocks = tuple(response.blocks)
+        for i, cb in enumerate(blocks):
             h = cb.block.height
             if h <= self.committed_height:
                 continue
-            if not self._accept_certified(cb):
+            bad = self._check_certified(cb)
+            if bad == EPOCH_UNKNOWN:
+                self._wait_for_epoch(blocks[i:])
                 break
+            if bad is not None:
+                self._drop(bad)
+                break
+            self._commit_block(cb)
             progressed = True
-        if progressed and self.catching_up:
+        if progressed and self.catching_up and not self.waiting_blocks:
             self._send_block_request()
 
     def on_certified_block(self, cb: CertifiedBlock, sender: bytes) -> None:
@@ -1494,37 +1518,119 @@ class Replica:
             self._drop("below_window")
             return
         if h == self.committed_height + 1:
-            self._accept_certified(cb)
+            bad = self._check_certified(cb)
+        elif self._epoch_unknown(cb):
+            bad = EPOCH_UNKNOWN
+        else:
+            bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
+        if bad == EPOCH_UNKNOWN:
+            self._drop(bad)
+            self._hint(sender, h)  # cannot check it yet: only ask for the heights below
             return
-        bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
         if bad is not None:
             self._drop(bad)
+            return
+        if h == self.committed_height + 1:
+            self._commit_block(cb)
             return
         self._behind(h)
 
-    def _accept_certified(self, cb: CertifiedBlock) -> bool:
-        """Commit the next height from a certificate (catch-up); False if it does not check."""
+    def _epoch_unknown(self, cb: CertifiedBlock) -> bool:
+        """`cb` names an epoch newer than any we know, at a height whose epoch is not
+        settled yet: a later `add_epoch` (first height > executed + pipeline_depth,
+        after the last epoch's first height) could still make it checkable."""
+        h = cb.block.height
+        last_first, last_set = self.schedule.last
+        epoch = cb.block.header.epoch
+        return (
+            h > self.executed_height + self.config.pipeline_depth
+            and h > last_first
+            and type(epoch) is int
+            and epoch > last_set.epoch
+            and cb.certificate.epoch == epoch
+        )
+
+    def _check_certified(self, cb: CertifiedBlock) -> str | None:
+        """Why `cb` cannot be committed as the next height now (None: it can);
+        EPOCH_UNKNOWN when it may become checkable once we learn a newer epoch."""
         h = cb.block.height
         if h != self.committed_height + 1:
-            self._drop("catchup_gap")
-            return False
+            return "catchup_gap"
         if h > self.executed_height + self.config.catchup_blocks_max:
-            self._drop("catchup_ahead_of_execution")
-            return False
+            return "catchup_ahead_of_execution"
         hd = cb.block.header
         if hd.parent_hash != self.committed_hash or hd.timestamp_ms < self.committed_timestamp_ms:
-            self._drop("catchup_bad_parent")
-            return False
+            return "catchup_bad_parent"
         root = self.state_roots.get(hd.state_height)
         if root is not None and hd.state_root not in (root, ZERO_HASH):
-            self._drop("catchup_bad_state_root")
-            return False
-        bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
-        if bad is not None:
-            self._drop(bad)
-            return False
-        self._commit_block(cb)
-        return True
+            return "catchup_bad_state_root"
+        if self._epoch_unknown(cb):
+            return EPOCH_UNKNOWN
+        return verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
+
+    def _wait_for_epoch(self, blocks: Sequence[CertifiedBlock]) -> None:
+        """Keep fetched blocks of a not-yet-known epoch (the next heights, consecutive, at
+        most catchup_blocks_max: one response's worth, replacing any kept before)."""
+        first = self.committed_height + 1
+        kept: list[CertifiedBlock] = []
+        for cb in blocks[: self.config.catchup_blocks_max]:
+            if cb.block.height != first + len(kept):
+                break
+            kept.append(cb)
+        self.dropped[EPOCH_UNKNOWN] += len(kept)
+        self.waiting_blocks = kept
+
+    def _retry_waiting_blocks(self) -> None:
+        """After an execution (which may have taught us an epoch): commit the waiting
+        blocks that now check, in order; forget the rest at the first that fails."""
+        waiting, self.waiting_blocks = self.waiting_blocks, []
+        progressed = False
+        for i, cb in enumerate(waiting):
+            if cb.block.height <= self.committed_height:
+                continue
+            bad = self._check_certified(cb)
+            if bad in (EPOCH_UNKNOWN, "catchup_ahead_of_execution"):
+                self.waiting_blocks = waiting[i:]  # still unknown: wait for more executions
+                return
+            if bad is not None:
+                self._drop(bad)
+                return
+            self._commit_block(cb)
+            progressed = True
+        if progressed and self.catching_up:
+            self._send_block_request()
+
+    def _hint(self, peer: bytes, height: object) -> None:
+        """Remember an unverifiable claim that `peer` has `height` (bounded, consumed on use)."""
+        if type(height) is not int or height <= self.committed_height:
+            return
+        if peer not in self.hints and len(self.hints) >= HINTS_MAX:
+            lowest = min(self.hints, key=lambda p: self.hints[p])
+            if self.hints[lowest] >= height:
+                return
+            del self.hints[lowest]
+        self.hints[peer] = max(height, self.hints.get(peer, 0))
+        if self.ticks - self.catchup_last_tick >= self.config.catchup_retry_ticks:
+            self._probe_hinted()
+
+    def _probe_hinted(self) -> None:
+        """Idle and not catching up: ask one peer that claimed more than we can check for
+        the next heights. The claim is spent; the answer is verified like any other."""
+        if self.catching_up or self.waiting_blocks:
+            return
+        if self.ticks - self.last_commit_tick < self.config.catchup_retry_ticks:
+            return  # committing: the claim was no news, or will be checkable soon
+        first = self.committed_height + 1
+        for peer in [p for p, h in self.hints.items() if h < first]:
+            del self.hints[peer]
+        if not self.hints:
+            return
+        peers = sorted(self.hints)
+        peer = peers[self.catchup_rotation % len(peers)]
+        self.catchup_rotation += 1
+        last = min(self.hints.pop(peer), first + self.config.catchup_blocks_max - 1)
+        self.catchup_last_tick = self.ticks
+        self._send(peer, BlockRequest(first, last))
 
 
 def _digest_of(vote: Any) -> bytes:

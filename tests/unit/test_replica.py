@@ -6,6 +6,7 @@ Each test drives 1..n real `Replica` objects through the tiny message pump in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -31,6 +32,7 @@ from consensus.types import (
     NewView,
     Prepare,
     PrePrepare,
+    StatusAnnouncement,
     ViewChange,
 )
 from tests.unit.test_replica_harness import (
@@ -661,9 +663,15 @@ def test_epoch_change_at_checkpoint_boundary_and_certificates_name_it() -> None:
     r.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
     fresh.process(fresh.nodes[1])
     assert r.committed_height == 12
-    unaware = Cluster(4, checkpoint_interval=4, pipeline_depth=2).nodes[1]
+    # one that never learns the epoch keeps 9..12 until executing up to 8 settles
+    # their epoch (heights <= executed + pipeline_depth), then drops them
+    bare = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    unaware = bare.nodes[1]
     unaware.replica.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
     assert unaware.replica.committed_height == 8
+    assert len(unaware.replica.waiting_blocks) == 4
+    bare.process(unaware)
+    assert unaware.replica.committed_height == 8 and not unaware.replica.waiting_blocks
     assert unaware.replica.dropped["wrong_epoch"] == 1
 
 
@@ -730,3 +738,109 @@ def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4
     assert certs[2].txs == (b"two",)  # not committed: the whole block
     nv = sent(c.nodes[1], NewView)[0]
     assert [pp.block.txs for pp in nv.pre_prepares] == [(), (b"two",)]
+
+
+# -- catch-up across a membership change ----------------------------------------------------
+
+
+def _epoch_change_cluster(before: bool) -> tuple[Cluster, Any]:
+    """n=4 + 1 observer; executing height 4 schedules a 3-validator epoch from height 9.
+    The observer is down until the validators reach height 12."""
+    from consensus.replica import ValidatorSet
+
+    c = Cluster(4, observers=1, checkpoint_interval=4, pipeline_depth=2)
+    c.add_epoch_before_executed = before
+    smaller = ValidatorSet(1, c.vset.validators[:3])
+    c.decisions[4] = (9, smaller)
+    c.nodes[4].up = False
+    c.run_blocks(12)
+    assert c.heights()[:3] == [12, 12, 12] and c.nodes[4].height == 0
+    c.nodes[4].up = True
+    c.restart(4)  # knows the genesis epoch only
+    return c, smaller
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["node_order", "sim_order"])
+def test_observer_behind_a_membership_change_fetches_on_gossip_it_cannot_check(
+    before: bool,
+) -> None:
+    """Gossip of a block of an unknown epoch cannot be verified, but it is a hint: the
+    observer asks the sender for the heights it misses. The fetched blocks of the new
+    epoch wait until executing the deciding block teaches it the epoch, then verify."""
+    c, smaller = _epoch_change_cluster(before)
+    observer = c.nodes[4]
+    r = observer.replica
+    c.cut = lambda s, d, m: d == 4 and not isinstance(m, BlockResponse)  # gossip only
+    tip = c.nodes[0].chain[11]
+    r.step(tip, c.keys[0].public)
+    assert r.dropped["epoch_unknown"] == 1 and not r.catching_up
+    assert r.hints == {c.keys[0].public: 12}
+    c.tick(c.config.catchup_retry_ticks)  # idle for a retry interval: ask
+    assert observer.height == 12
+    c.assert_agree()
+    assert r.schedule.at(12) == smaller
+    assert r.dropped["wrong_epoch"] == 0 and not r.waiting_blocks and not r.hints
+    requests = [o for rd in observer.readies for o in rd.messages]
+    assert len(requests) == 1  # one BlockRequest: 1..8 committed, 9..12 waited, then verified
+    assert (requests[0].to, requests[0].message.from_height) == (c.keys[0].public, 1)
+
+
+def test_unverifiable_claims_cost_one_request_and_never_stop_progress() -> None:
+    """A Byzantine peer's claims the replica cannot check (a block of an unknown epoch,
+    a status from a non-member) never make it `catching_up`, and blocks it serves that
+    wait for an epoch are verified before anything is applied."""
+    c, _ = _epoch_change_cluster(True)
+    observer = c.nodes[4]
+    r = observer.replica
+    c.cut = lambda s, d, m: d == 4 and not isinstance(m, BlockResponse)
+    chain = c.nodes[0].chain
+    liar = c.keys[3]
+    forged = [
+        CertifiedBlock(
+            cb.block,
+            CommitCertificate(
+                cb.certificate.view,
+                cb.block.height,
+                cb.certificate.digest,
+                1,
+                tuple(CommitSignature(s.replica, b"\x01" * 64) for s in cb.certificate.signatures),
+            ),
+        )
+        for cb in chain[8:12]
+    ]
+    r.step(StatusAnnouncement(10**9, 0, b"\x07" * 32), b"\x07" * 32)  # not a member: a hint
+    assert not r.catching_up and r.hints[b"\x07" * 32] == 10**9
+    # the liar serves 1..8 honestly, then 9..12 with forged signatures: they wait, then fail
+    r.step(BlockResponse((*chain[:8], *forged)), liar.public)
+    assert r.committed_height == 8 and len(r.waiting_blocks) == 4
+    c.process(observer)
+    assert observer.height == 8 and not r.waiting_blocks
+    assert r.dropped["certificate_bad_signatures"] == 1
+    assert not r.catching_up
+    # the next gossip now checks (the epoch is known): ordinary catch-up finishes the job
+    r.step(chain[11], c.keys[0].public)
+    assert r.catching_up
+    c.tick(2 * c.config.catchup_retry_ticks)
+    assert observer.height == 12
+    c.assert_agree()
+    # hints are bounded and spent when used
+    for i in range(200):
+        r.step(StatusAnnouncement(10**6 + i, 0, b"%032d" % i), b"%032d" % i)
+    assert len(r.hints) <= 64
+
+
+def test_a_validator_keeps_proposing_despite_unverifiable_claims() -> None:
+    """Gossip of a far block naming an unknown epoch does not stop a validator."""
+    c = Cluster(4)
+    c.run_blocks(2)
+    r = c.nodes[1].replica
+    good = c.nodes[0].chain[1]
+    header = dataclasses.replace(good.block.header, height=10**6, epoch=9)
+    fake = CertifiedBlock(
+        Block(header, good.block.txs),
+        dataclasses.replace(good.certificate, height=10**6, epoch=9),
+    )
+    r.step(fake, c.keys[2].public)
+    assert r.dropped["epoch_unknown"] == 1 and not r.catching_up
+    c.run_blocks(3)
+    assert c.heights() == [5] * 4

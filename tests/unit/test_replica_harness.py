@@ -94,6 +94,10 @@ class Cluster:
         self.cut: Callable[[int, int, object], bool] = lambda src, dst, msg: False
         self.delivered = 0
         self.epochs: tuple[tuple[int, ValidatorSet], ...] = ((1, self.vset),)
+        # governance: executing height d schedules (first, set), like node/service.py
+        # (add_epoch before executed(d)) or tests/sim (after it)
+        self.decisions: dict[int, tuple[int, ValidatorSet]] = {}
+        self.add_epoch_before_executed = True
         for i in range(n):
             self.nodes.append(self._fresh(self.keys[i], i))
         for j in range(observers):
@@ -160,8 +164,17 @@ class Cluster:
                 )
                 node.chain.append(cb)
                 node.roots.append(toy_root(node.roots[-1], cb.block.hash()))
+                if self.add_epoch_before_executed:
+                    self._decide(node, cb.block.height)
                 node.replica.executed(cb.block.height, node.roots[-1])
+                if not self.add_epoch_before_executed:
+                    self._decide(node, cb.block.height)
             node.replica.advance(ready)
+
+    def _decide(self, node: Node, height: int) -> None:
+        decision = self.decisions.get(height)
+        if decision is not None:
+            node.replica.add_epoch(*decision)
 
     def _route(self, src: int, node: Node, to: bytes | None, message: object) -> None:
         sender = self.link_id(src)
