@@ -1120,11 +1120,13 @@ def build_store(net_dir: Path, testnet: Any, senders: Sequence[tuple[str, Any]],
         stamp = genesis.genesis_time_ms
         while done < count:
             n = min(block_txs, count - done)
-            chunk = sign_txs(senders, genesis.chain_id, n, 10**9, tag=f"s{done}")
+            valid_until = store.head_height() + 1 + VALID_FOR_BLOCKS  # within tx_ttl_blocks_max
+            chunk = sign_txs(senders, genesis.chain_id, n, valid_until, tag=f"s{done}")
             stamp += 500
             cb = builder.next_block(chunk, stamp)
-            executed = app.execute(cb.block)
-            store.commit_block(cb, executed.writes, executed.meta, executed.tx_status, sync=False)
+            executed = app.apply(cb)
+            if executed.applied != n:
+                raise BenchError(f"the restart fixture's block {cb.block.height} was refused")
             done += n
         height = store.head_height()
     finally:
