@@ -1123,8 +1123,14 @@ class Replica:
             self._drop("not_validator")
             return
         votes = self.checkpoints.setdefault(h, {})
-        if c.replica in votes:
-            self._drop("duplicate")
+        old = votes.get(c.replica)
+        if old is not None:
+            # two roots signed for one height: a faulty validator (or a non-deterministic
+            # execution). Counted, first kept; not `Evidence` (no VoteKind for checkpoints)
+            conflict = old.state_root != c.state_root and signature_ok(
+                self.verifier, self.config.chain_id, c
+            )
+            self._drop("conflicting_checkpoint" if conflict else "duplicate")
             return
         if not signature_ok(self.verifier, self.config.chain_id, c):
             self._drop("bad_signature")

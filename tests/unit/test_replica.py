@@ -290,6 +290,20 @@ def test_checkpoint_with_bad_signature_or_stranger_dropped_4_3() -> None:
     assert r.dropped["not_validator"] == 1 and r.dropped["bad_signature"] == 1
 
 
+def test_second_checkpoint_root_from_one_validator_counted_not_counted_twice_4_3() -> None:
+    """A validator signing two roots for one checkpoint height: the first vote stands."""
+    c = Cluster(4, checkpoint_interval=4)
+    r = c.nodes[1].replica
+    k = c.keys[2]
+    first = sign(k, CHAIN_ID, Checkpoint(4, b"\x01" * 32, k.public, NO_SIGNATURE))
+    second = sign(k, CHAIN_ID, Checkpoint(4, b"\x02" * 32, k.public, NO_SIGNATURE))
+    unsigned = Checkpoint(4, b"\x03" * 32, k.public, b"\x00" * 64)
+    for cp in (first, first, second, unsigned):
+        r.step(cp, k.public)
+    assert r.dropped["duplicate"] == 2 and r.dropped["conflicting_checkpoint"] == 1
+    assert r.checkpoints[4] == {k.public: first}
+
+
 # -- view change (§4.4) -------------------------------------------------------------------
 
 
