@@ -8,12 +8,19 @@ inputs the driver runs the replica's Ready cycle:
 1. persist the journal records, synced, *before* any vote leaves (a vote that
    is sent but not remembered could be contradicted after a crash);
 2. send the messages;
-3. apply committed blocks in height order (application + one atomic LevelDB
-   batch each), then tell the replica the new state root;
+3. hand committed blocks, in height order, to the apply task;
 4. advance.
 
 Then, if this replica is the primary and the mempool is not empty, it
 proposes the next batch.
+
+The apply task executes each committed block and writes it (one atomic
+LevelDB batch) while the driver keeps running consensus for the next heights;
+it reports each result back as an `Applied` input, and only then does the
+driver tell the replica the new state root (`executed`). The apply queue is
+bounded, so execution that falls behind slows consensus instead of growing
+memory. Block h's header claims the state of h - pipeline_depth, so the
+pipeline keeps moving while up to pipeline_depth blocks are being applied.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ log = logging.getLogger("redwood.driver")
 
 EVENTS_QUEUE_MAX = 4096
 EVENTS_PER_CYCLE_MAX = 512
+APPLY_QUEUE_MAX = 64  # committed blocks waiting for execution
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,15 @@ class PeerMessage:
 @dataclass(frozen=True, slots=True)
 class Tick:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The apply task executed and stored block `height`."""
+
+    height: int
+    state_root: bytes
+    result: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +83,8 @@ class Driver:
         *,
         journal_write: Callable[[list[tuple[bytes, bytes | None]]], Awaitable[None]],
         send: Callable[[bytes | None, Any], None],
-        apply_block: Callable[[CertifiedBlock], Awaitable[bytes]],
+        apply_block: Callable[[CertifiedBlock], Awaitable[tuple[bytes, Any]]],
+        on_applied: Callable[[Any], None] = lambda result: None,
         take_batch: Callable[[], list[bytes]],
         pending_count: Callable[[], int],
         on_evidence: Callable[[Any], None],
@@ -76,6 +94,10 @@ class Driver:
         self._journal_write = journal_write
         self._send = send
         self._apply_block = apply_block
+        self._on_applied = on_applied
+        self._apply_send, self._apply_recv = trio.open_memory_channel[CertifiedBlock](
+            APPLY_QUEUE_MAX
+        )
         self._take_batch = take_batch
         self._pending_count = pending_count
         self._on_evidence = on_evidence
@@ -91,6 +113,16 @@ class Driver:
             self.events_send.send_nowait(POKE)
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._apply_loop)
+            await self._event_loop()
+
+    async def _apply_loop(self) -> None:
+        async for cb in self._apply_recv:
+            root, result = await self._apply_block(cb)
+            await self.events_send.send(Applied(cb.block.header.height, root, result))
+
+    async def _event_loop(self) -> None:
         while True:
             first = await self._events.receive()
             self._handle(first)
@@ -105,6 +137,9 @@ class Driver:
     def _handle(self, event: Any) -> None:
         if isinstance(event, PeerMessage):
             self.replica.step(event.message, event.sender)
+        elif isinstance(event, Applied):
+            self.replica.executed(event.height, event.state_root)
+            self._on_applied(event.result)
         elif isinstance(event, Tick):
             self.replica.tick()
             note = getattr(self.replica, "note_pending", None)
@@ -127,8 +162,7 @@ class Driver:
             for out in ready.messages:
                 self._send(out.to, out.message)
             for cb in ready.committed:
-                root = await self._apply_block(cb)
-                self.replica.executed(cb.block.header.height, root)
+                await self._apply_send.send(cb)  # waits only when execution is far behind
             for height, root in ready.stable_checkpoints:
                 self._on_stable_checkpoint(height, root)
             for ev in ready.evidence:

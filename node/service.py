@@ -144,6 +144,7 @@ class Node:
             journal_write=self._journal_write,
             send=self._send,
             apply_block=self._apply_block,
+            on_applied=self._apply_governance,  # runs in the driver, after replica.executed
             take_batch=self._take_batch,
             pending_count=lambda: self.mempool.pending,
             on_evidence=self._on_evidence,
@@ -359,14 +360,14 @@ class Node:
     def replica_validators(self) -> tuple[bytes, ...]:
         return tuple(self.replica.vset.validators)
 
-    async def _apply_block(self, cb: CertifiedBlock) -> bytes:
+    async def _apply_block(self, cb: CertifiedBlock) -> tuple[bytes, Any]:
         self.metrics.observe_committed(cb, self.replica_validators())
         started = time.perf_counter()
         executed = await trio.to_thread.run_sync(self.app.apply, cb, limiter=self._db_limiter)
         now = time.perf_counter()
         self.metrics.write_latency.labels(self.chain_id).observe(now - started)
         self._after_commit(cb, executed, now)
-        return bytes(executed.state_root)
+        return bytes(executed.state_root), executed
 
     def _apply_governance(self, executed: Any) -> None:
         """Validator-set changes decided in this block: schedule each new epoch, widen the allowlist.
@@ -392,7 +393,6 @@ class Node:
         self.network.set_allowlist(allow)
 
     def _after_commit(self, cb: CertifiedBlock, executed: Any, now: float) -> None:
-        self._apply_governance(executed)
         header = cb.block.header
         hashes = executed.tx_hashes
         self.mempool.committed(hashes)
