@@ -343,6 +343,7 @@ class Replica:
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
         self.catchup_rotation = 0
+        self.catchup_needs_room = False  # a request waits for execution to catch up
         self.hints: dict[bytes, int] = {}  # peer -> height it claimed, unverifiable (<= HINTS_MAX)
         self.waiting_blocks: list[CertifiedBlock] = []  # consecutive, epoch not known yet
         for h, pc in self.pcerts.items():  # journaled blocks stay available to commit by digest
@@ -497,6 +498,8 @@ class Replica:
             self._make_checkpoint(height, state_root)
         self._retry_held()
         self._retry_waiting_blocks()
+        if self.catchup_needs_room:
+            self._continue_catch_up()
         self._try_new_view()
 
     # -- inputs: peers -----------------------------------------------------------------------
@@ -533,7 +536,7 @@ class Replica:
             self._broadcast(StatusAnnouncement(self.committed_height, self.view, self.node_id))
         if self.ticks - self.catchup_last_tick >= cfg.catchup_retry_ticks:
             if self.catching_up:
-                self._send_block_request()
+                self._continue_catch_up()
             elif self._stuck():
                 self._probe_ahead()
             if self.catchup_last_tick != self.ticks:
@@ -1494,9 +1497,23 @@ class Replica:
         ahead = [p for p in peers if self.peer_heights.get(p, 0) >= first] or peers
         peer = ahead[self.catchup_rotation % len(ahead)]
         self.catchup_rotation += 1
-        last = min(self.catchup_target, first + self.config.catchup_blocks_max - 1)
+        most = self.config.catchup_blocks_max
+        last = min(self.catchup_target, first + most - 1, self.executed_height + most)
         self.catchup_last_tick = self.ticks
         self._send(peer, BlockRequest(first, max(first, last)))
+
+    def _continue_catch_up(self) -> None:
+        """Ask for the next heights right away, once execution (which the node may run
+        concurrently) has room for at least half a request; until then wait for it."""
+        self.catchup_needs_room = False
+        if not self.catching_up or self.waiting_blocks:
+            return
+        most = self.config.catchup_blocks_max
+        room = self.executed_height + most - self.committed_height
+        if room < max(1, most // 2):
+            self.catchup_needs_room = True
+            return
+        self._send_block_request()
 
     def on_block_response(self, response: BlockResponse, sender: bytes) -> None:
         progressed = False
@@ -1511,11 +1528,12 @@ class Replica:
                 break
             if bad is not None:
                 self._drop(bad)
+                progressed = progressed or bad == "catchup_ahead_of_execution"
                 break
             self._commit_block(cb)
             progressed = True
-        if progressed and self.catching_up and not self.waiting_blocks:
-            self._send_block_request()
+        if progressed:
+            self._continue_catch_up()
 
     def on_certified_block(self, cb: CertifiedBlock, sender: bytes) -> None:
         """A committed block gossiped by a peer (observers follow the chain this way)."""
@@ -1603,8 +1621,8 @@ class Replica:
                 return
             self._commit_block(cb)
             progressed = True
-        if progressed and self.catching_up:
-            self._send_block_request()
+        if progressed:
+            self._continue_catch_up()
 
     def _hint(self, peer: bytes, height: object) -> None:
         """Remember an unverifiable claim that `peer` has `height` (bounded, consumed on use)."""

@@ -19,10 +19,12 @@ from consensus.certificates import (
     state_height,
     verify_commit_certificate,
 )
+from consensus.crypto import sha256
 from consensus.replica import Ready, ReplicaUsageError
 from consensus.types import (
     Block,
     BlockHeader,
+    BlockRequest,
     BlockResponse,
     CertifiedBlock,
     Checkpoint,
@@ -858,3 +860,35 @@ def test_a_validator_keeps_proposing_despite_unverifiable_claims() -> None:
     assert r.dropped["epoch_unknown"] == 1 and not r.catching_up
     c.run_blocks(3)
     assert c.heights() == [5] * 4
+
+
+def test_catch_up_waits_for_concurrent_execution_instead_of_wasting_responses() -> None:
+    """The node may execute committed blocks concurrently: a replica catching up asks for
+    the next heights only once execution has room for half a request, then at once."""
+    c = Cluster(4, checkpoint_interval=16, pipeline_depth=4)
+    c.nodes[3].up = False
+    c.run_blocks(200, txs_per_block=1)
+    chain = c.nodes[0].chain
+    r = Cluster(4, checkpoint_interval=16, pipeline_depth=4).nodes[3].replica
+    peer = c.keys[0].public
+
+    def requests() -> list[BlockRequest]:
+        ready = r.ready()
+        r.advance(ready)
+        return [o.message for o in ready.messages if isinstance(o.message, BlockRequest)]
+
+    r.step(chain[199], peer)  # gossip: certified, far ahead
+    assert r.catching_up and [(q.from_height, q.to_height) for q in requests()] == [(1, 64)]
+    r.step(BlockResponse(tuple(chain[:64])), peer)
+    assert r.committed_height == 64 and r.executed_height == 0
+    assert requests() == []  # no room: execution has not started
+    r.step(BlockResponse(tuple(chain[64:128])), peer)  # unasked-for: dropped, not applied
+    assert r.committed_height == 64 and r.dropped["catchup_ahead_of_execution"] == 1
+    roots = [GENESIS_ROOT]
+    for h in range(1, 33):
+        roots.append(sha256(roots[-1] + chain[h - 1].block.hash()))
+        r.executed(h, roots[-1])
+        got = requests()
+        assert [(q.from_height, q.to_height) for q in got] == ([(65, 96)] if h == 32 else [])
+    r.step(BlockResponse(tuple(chain[64:96])), peer)
+    assert r.committed_height == 96
