@@ -136,6 +136,7 @@ class Runner:
         honest = self.honest()
         h0 = max(self.heights(honest).values(), default=0)
         at_heal = self.views()
+        self.w.probe()  # something to commit, even if every writer waits on a node that was cut off
         _, stall = wait_for(
             "a new commit", lambda: max(self.heights(honest).values(), default=0) > h0, RECOVERY_S
         )

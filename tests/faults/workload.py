@@ -59,6 +59,7 @@ class Workload:
         cluster.stop_events.append(self.stopping)
         self.futures: list[Any] = []
         self.last_ack_at = 0.0
+        self.probes = 0
 
     def start(self) -> None:
         for w in range(self.writers):
@@ -114,6 +115,34 @@ class Workload:
         with self.lock:
             self.acked.append(ack)
             self.counts["acked"] += 1
+
+    def probe(self) -> int:
+        """Submit one write (no wait) to every running honest validator; how many were accepted.
+
+        Used when a fault heals: writers may all be blocked on a node that was cut
+        off, and the chain cannot commit what nobody submits. Probe writes are
+        not acknowledged writes (nobody waits for them).
+        """
+        accepted = 0
+        for node in self._targets():
+            api = self.cluster.nodes[node].api
+            key = self.keys[self.probes % len(self.keys)]
+            agency = f"agency{self.probes % len(self.keys)}"
+            self.probes += 1
+
+            def submit(api: str = api, key: Any = key, agency: str = agency) -> bool:
+                height = int(httpx.get(f"{api}/status", timeout=STATUS_TIMEOUT_S).json()["height"])
+                tx = txlib.build(key, self.cluster.chain_id, "put", agency, f"probe-{self.probes}",
+                                 "p", height + VALID_FOR_BLOCKS)  # fmt: skip
+                with Client(api, timeout=STATUS_TIMEOUT_S) as client:
+                    client.submit(tx, wait=False)
+                return True
+
+            try:
+                accepted += bool(self.cluster.call(submit))
+            except (ClientError, httpx.HTTPError, OSError, ValueError, KeyError):
+                self._count("probe_failed")
+        return accepted
 
     def _count(self, what: str) -> None:
         with self.lock:
