@@ -52,6 +52,17 @@ NEW-VIEW carrying them and the re-proposed blocks O, derived
 deterministically (`view_change.derive_blocks`); every backup re-derives O
 and rejects a NEW-VIEW whose O differs.
 
+Epoch boundaries. Each (view, height) has exactly one primary, that of the
+epoch in force at the height, and a NEW-VIEW's re-proposals are signed by its
+sender, so O must lie within one epoch. Hence a replica pre-prepares or
+accepts a height only in the epoch in force at committed + 1 (a pre-prepare
+for the next epoch is held until the height below it commits): no prepared
+certificate spans a boundary. A primary whose O would still span one (VIEW-
+CHANGEs with an older checkpoint) does not send NEW-VIEW; once the checkpoint
+just below the boundary (epochs start after a checkpoint height) is stable,
+each replica re-sends its VIEW-CHANGE for the same view with it, which
+replaces the older one, and O starts in the new epoch.
+
 Catch-up. A replica that learns it is behind (f+1 status announcements or
 checkpoints above its height, a certificate above it, a NEW-VIEW whose
 checkpoint it lacks, messages from f+1 peers above its window) sends
@@ -586,15 +597,16 @@ class Replica:
             own = self.vc_messages.get(self.node_id or b"")
             if own is not None:
                 self._broadcast(own)
-            return
-        if self.last_new_view is not None:
-            self._broadcast(self.last_new_view)
-        top = self.committed_height + self.config.pipeline_depth
-        for h in range(self.committed_height + 1, top + 1):
-            slot = self.slots.get(h)
-            if slot is not None:
-                for message in slot.sent:
-                    self._broadcast(message, h)
+        else:
+            if self.last_new_view is not None:
+                self._broadcast(self.last_new_view)
+            top = self.committed_height + self.config.pipeline_depth
+            for h in range(self.committed_height + 1, top + 1):
+                slot = self.slots.get(h)
+                if slot is not None:
+                    for message in slot.sent:
+                        self._broadcast(message, h)
+        # checkpoints too while changing views: a NEW-VIEW may wait for one (epoch boundary)
         for h, votes in sorted(self.checkpoints.items()):  # not yet stable: above the low mark
             own_checkpoint = votes.get(self.node_id or b"")
             if own_checkpoint is not None:
@@ -724,6 +736,12 @@ class Replica:
             return slot.digest, slot.pre_prepare.block.header.timestamp_ms
         return None
 
+    def _in_current_epoch(self, height: int) -> bool:
+        """`height` is in the epoch in force at committed + 1. A replica pre-prepares and
+        accepts nothing else, so no prepared certificate spans an epoch boundary and
+        neither does a view change (see "Epoch boundaries")."""
+        return self.schedule.at(height).epoch == self.vset.epoch
+
     def wants_proposal(self) -> bool:
         """True when this replica is primary and may propose the next height now."""
         if self.node_id is None or self.in_view_change or self.catching_up:
@@ -731,6 +749,8 @@ class Replica:
         h = self._next_height()
         if h > self.high_watermark or self.schedule.at(h).primary(self.view) != self.node_id:
             return False
+        if not self._in_current_epoch(h):
+            return False  # a new epoch starts only once its first height minus 1 committed
         if state_height(h, self.config.pipeline_depth) > self.executed_height:
             return False
         if self._parent(h) is None:
@@ -827,7 +847,7 @@ class Replica:
         h, hd = pp.height, pp.block.header
         parent = self._parent(h)
         sh = hd.state_height
-        if parent is None or sh > self.executed_height:
+        if parent is None or sh > self.executed_height or not self._in_current_epoch(h):
             self._hold(pp)
             return
         if hd.parent_hash != parent[0]:
@@ -1154,6 +1174,10 @@ class Replica:
             return
         votes.sort(key=lambda c: vset.index(c.replica) or 0)
         self._make_stable(h, own.state_root, tuple(votes[: vset.quorum]))
+        mine = self.vc_messages.get(self.node_id or b"")
+        if self.in_view_change and mine is not None and mine.stable_height < h:
+            self._send_view_change()  # the higher base may keep O within one epoch
+            self._try_new_view()
 
     def _make_stable(self, h: int, root: bytes, proof: tuple[Checkpoint, ...]) -> None:
         """Move the low watermark to h and garbage-collect below it."""
@@ -1231,7 +1255,7 @@ class Replica:
                 self._send(sender, nv)  # help a replica left behind
             return
         old = self.vc_messages.get(vc.replica)
-        if old is not None and old.new_view >= vc.new_view:
+        if old is not None and (old.new_view, old.stable_height) >= (vc.new_view, vc.stable_height):
             self._drop("duplicate" if old == vc else "stale_view")
             return
         bad = self._check_view_change(vc)
@@ -1289,6 +1313,11 @@ class Replica:
         chosen = tuple(vcs[: vset.quorum])
         blocks = self._derive(chosen, w)
         if blocks is None:
+            return
+        if any(self.schedule.at(b.height).primary(w) != self.node_id for b in blocks):
+            # O would span an epoch boundary: wait for the stable checkpoint just below it
+            # (our VIEW-CHANGE is re-sent with it, `_check_stable`)
+            self._drop("new_view_spans_epochs")
             return
         pps = []
         for block in blocks:
@@ -1382,6 +1411,8 @@ class Replica:
         for pp, block in zip(nv.pre_prepares, blocks, strict=True):
             if pp.view != nv.view or pp.replica != nv.replica or pp.height != block.height:
                 return False
+            if pp.replica != self.schedule.at(pp.height).primary(pp.view):
+                return False  # one primary per (view, height): O never spans epochs
             if pp.block.header != block.header or not self._same_content(pp.block, block):
                 return False
             if not signature_ok(self.verifier, self.config.chain_id, pp):

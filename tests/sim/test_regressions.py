@@ -36,6 +36,12 @@ LATER_SEEDS = {  # seed -> (generation, what broke)
         "new epoch as wrong_epoch and never starts catch-up (stuck at height 1 forever)",
     ),
     3117: (6, "same as 1551 with the primary twinned, a validator removed and two observers"),
+    8479: (
+        6,
+        "a view change across an epoch boundary: the NEW-VIEW's re-proposals spanned two "
+        "epochs, so heights of the new one were prepared under the wrong primary and every "
+        "later VIEW-CHANGE carrying them was dropped (n=7, twins; stuck at height 26)",
+    ),
 }
 
 

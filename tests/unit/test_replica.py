@@ -892,3 +892,99 @@ def test_catch_up_waits_for_concurrent_execution_instead_of_wasting_responses() 
         assert [(q.from_height, q.to_height) for q in got] == ([(65, 96)] if h == 32 else [])
     r.step(BlockResponse(tuple(chain[64:96])), peer)
     assert r.committed_height == 96
+
+
+def test_a_new_epoch_starts_only_once_the_height_below_it_commits_4_4() -> None:
+    """Each (view, height) has one primary, so no prepared certificate (and no view
+    change) may span an epoch boundary: the first height of a new epoch is neither
+    pre-prepared nor accepted until the height below it is committed."""
+    from consensus.replica import ValidatorSet
+
+    c = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    c.run_blocks(4)
+    rotated = ValidatorSet(1, c.vset.validators)  # same primary order, a new epoch
+    for node in c.nodes:
+        node.replica.add_epoch(9, rotated)
+    c.epochs = (*c.epochs, (9, rotated))
+    c.run_blocks(3)
+    assert c.heights() == [7, 7, 7, 7]
+    c.cut = lambda s, d, m: isinstance(m, Commit)
+    primary, backup = c.nodes[0], c.nodes[1]
+    assert c.propose([b"eight"])
+    assert all(n.replica.slots[8].pre_prepare is not None for n in c.nodes)
+    # height 9 is of epoch 1, height 8 is not committed: the primary waits ...
+    assert not primary.replica.wants_proposal()
+    assert not primary.replica.propose([b"nine"], 2000)
+    # ... and a backup holds such a pre-prepare instead of accepting it
+    eight = backup.replica.slots[8].pre_prepare.block
+    block = make_block(c, 9, 0, (b"nine",), eight.hash(), primary.node_id, backup.roots[7], 2000)
+    header = dataclasses.replace(block.header, epoch=1, validator_set_hash=rotated.hash())
+    pp = pre_prepare(c.keys[0], 0, Block(header=header, txs=block.txs))
+    backup.replica.step(pp, primary.node_id)
+    c.process(backup)
+    assert backup.replica.held == [pp]
+    assert backup.replica.slots.get(9) is None or backup.replica.slots[9].pre_prepare is None
+    assert not [m for m in sent(backup, Prepare) if m.height == 9]
+    # once 8 commits, the held pre-prepare is accepted and the new epoch goes on
+    c.cut = lambda s, d, m: False
+    for n in c.nodes:
+        for m in sent(n, Commit):
+            if m.height == 8:
+                for other in c.nodes:
+                    if other is not n:
+                        other.replica.step(m, n.node_id)
+                        c.process(other)
+    c.pump()
+    assert backup.height >= 8
+    assert backup.replica.slots[9].pre_prepare == pp
+    assert [m for m in sent(backup, Prepare) if m.height == 9]
+
+
+def test_new_view_is_not_formed_across_an_epoch_boundary_4_4() -> None:
+    """A NEW-VIEW whose re-proposals would span two epochs (VIEW-CHANGEs with a checkpoint
+    below the boundary) is not sent; once the checkpoint just below the boundary is
+    stable, the VIEW-CHANGEs are re-sent with it and O starts in the new epoch."""
+    from consensus.replica import ValidatorSet
+    from consensus.types import Checkpoint
+
+    c = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    c.run_blocks(4)
+    vals = c.vset.validators
+    rotated = ValidatorSet(1, (*vals[1:], vals[0]))  # view v's primary differs per epoch
+    for node in c.nodes:
+        node.replica.add_epoch(9, rotated)
+    c.epochs = (*c.epochs, (9, rotated))
+    no_cp8 = lambda m: isinstance(m, Checkpoint) and m.height == 8  # noqa: E731
+    c.cut = lambda s, d, m: no_cp8(m)
+    c.run_blocks(4)
+    assert c.heights() == [8, 8, 8, 8] and all(n.replica.stable_height == 4 for n in c.nodes)
+    c.cut = lambda s, d, m: no_cp8(m) or isinstance(m, Commit)
+    first = c.nodes[1]  # view 0's primary in epoch 1
+    assert first.replica.propose([b"nine"], 2000)
+    c.process(first)
+    c.pump()
+    assert all(9 in n.replica.pcerts for n in c.nodes)
+    # the epoch-1 primary goes silent; checkpoint 8 is still not stable
+    c.cut = lambda s, d, m: s == 1 or d == 1 or no_cp8(m) or isinstance(m, Commit)
+    for node in c.nodes:
+        node.replica.note_pending(1)
+    new_primary = c.nodes[2]  # view 1's primary in epoch 1 (committed + 1 = 9)
+    for _ in range(400):
+        c.tick()
+        if new_primary.replica.dropped["new_view_spans_epochs"]:
+            break
+    assert new_primary.replica.dropped["new_view_spans_epochs"] >= 1
+    assert not sent(new_primary, NewView)  # O = 5..9 would span epochs 0 and 1
+    # checkpoint 8 gets through: VIEW-CHANGEs are re-sent with it and O is just [9]
+    c.cut = lambda s, d, m: s == 1 or d == 1
+    for _ in range(400):
+        if all(c.nodes[i].height == 9 for i in (0, 2, 3)):
+            break
+        c.tick()
+    assert [c.nodes[i].height for i in (0, 2, 3)] == [9, 9, 9]
+    new_views = sent(new_primary, NewView)  # one NEW-VIEW, perhaps re-sent
+    assert new_views and all(nv == new_views[0] for nv in new_views)
+    assert max(vc.stable_height for vc in new_views[0].view_changes) == 8
+    assert [pp.height for pp in new_views[0].pre_prepares] == [9]
+    assert all(c.nodes[i].chain[8].certificate.view == 1 for i in (0, 2, 3))
+    c.assert_agree()
