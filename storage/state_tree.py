@@ -46,7 +46,7 @@ INTERNAL_PREFIX = b"smt/i/"
 LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
-NODE_CACHE_MAX = 200_000
+NODE_CACHE_MAX = 32_768  # the top four levels of a 16-ary tree are 4,369 nodes; ~600 B each
 PROOF_LEVELS_MAX = NIBBLES
 
 _sha256 = hashlib.sha256
