@@ -157,33 +157,12 @@ def text_or_none(data: bytes | None) -> str | None:
 
 def header_to_json(cb: CertifiedBlock) -> dict[str, Any]:
     """A committed block as JSON: header fields, `hash`, `tx_hashes` and the commit certificate."""
-    h = cb.block.header
-    cert = cb.certificate
+    header = cb.block.header
     return {
-        "height": h.height,
-        "hash": h.hash().hex(),
-        "chain_id": h.chain_id,
-        "view": h.view,
-        "epoch": h.epoch,
-        "parent_hash": h.parent_hash.hex(),
-        "tx_root": h.tx_root.hex(),
-        "tx_count": h.tx_count,
-        "state_height": h.state_height,
-        "state_root": h.state_root.hex(),
-        "proposer": h.proposer.hex(),
-        "timestamp_ms": h.timestamp_ms,
-        "validator_set_hash": h.validator_set_hash.hex(),
+        **proofs.header_json(header),
+        "hash": header.hash().hex(),
         "tx_hashes": [tx_hash(tx).hex() for tx in cb.block.txs],
-        "certificate": {
-            "view": cert.view,
-            "height": cert.height,
-            "digest": cert.digest.hex(),
-            "epoch": cert.epoch,
-            "signatures": [
-                {"replica": s.replica.hex(), "signature": s.signature.hex()}
-                for s in cert.signatures
-            ],
-        },
+        "certificate": proofs.certificate_json(cb.certificate),
     }
 
 
