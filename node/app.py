@@ -22,6 +22,16 @@ transactions not in the cache are checked in one batch (optionally on a
 thread pool, `node.verify_pool`). Rejected transactions stay in the block with
 a non-zero receipt status; they change no state.
 
+The node runs a third entry point, `verify_proposal(txs)`, on every proposed
+block before the replica may vote for it, and drops a PRE-PREPARE carrying a
+bad signature. A committed block therefore has only good signatures (its
+commit certificate includes a correct validator's vote), so the node executes
+committed blocks with `verify_signatures=False`: a node catching up on blocks
+it never saw gossiped decodes and rules on them but checks no signature.
+`bad_signature` receipts then occur only where execution verifies (the
+default, as in tests and tools), never on a chain with at most f faulty
+validators.
+
 Rules (a transaction included at height h)
 ------------------------------------------
 decodes canonically (`bad_encoding`); op is "put" or "delete", a delete has an
@@ -332,10 +342,51 @@ class Application:
 
     # -- execution ---------------------------------------------------------------
 
-    def execute(self, block: Block) -> Executed:
+    def verify_proposal(self, raws: Sequence[bytes]) -> int | None:
+        """Index of the first transaction of a proposed block whose signature does not
+        verify, or None when every decodable one verifies.
+
+        A validator calls this before it lets the block's PRE-PREPARE reach the
+        replica, so it never votes for a block carrying a bad signature. Since a
+        commit certificate holds q votes, at least one from a correct validator,
+        every committed block's signatures are then known to be good, and a
+        node executing it (live or catching up) need not check them again
+        (`execute(..., verify_signatures=False)`). Transactions already in the
+        verified cache are not checked again; the ones checked here join it, so
+        the later gossip of the same transaction and the execution skip them.
+        Undecodable transactions are left to execution (`bad_encoding`, the
+        same on every node).
+        """
+        hashes = [sha256(raw) for raw in raws]
+        with self._lock:
+            missing = [i for i, h in enumerate(hashes) if h not in self._verified]
+        if not missing:
+            return None
+        checked: list[tuple[int, Checked]] = []
+        for i in missing:
+            try:
+                checked.append((i, Checked(decode_tx(raws[i]), hashes[i])))
+            except DecodeError:
+                continue
+        items = [self.signature_item(c.tx, raws[i]) for i, c in checked]
+        results = self._verify_many(items) if items else []
+        self.signatures_checked += len(items)
+        bad = None
+        for (i, c), ok in zip(checked, results, strict=True):
+            if ok:
+                self.remember(c)
+            elif bad is None or i < bad:
+                bad = i
+        return bad
+
+    def execute(self, block: Block, *, verify_signatures: bool = True) -> Executed:
         """Receipts, state writes, meta and state root of `block` on top of the store's head.
 
         Deterministic; reads the store, writes nothing. `block` must be head + 1.
+        With `verify_signatures` False, transactions not in the verified cache
+        are decoded and ruled on but their signatures are taken as good: only
+        for a block under a commit certificate of validators that each ran
+        `verify_proposal` before voting (what the node does).
         """
         height = block.header.height
         head = self.store.head_height()
@@ -346,8 +397,10 @@ class Application:
         with self._lock:
             cached = [self._verified.get(h) for h in hashes]
         status, txs, unverified = self._screen(block.txs, hashes, cached, height)
-        if unverified:
+        if unverified and verify_signatures:
             self._check_signatures(unverified, txs, status, block.txs)
+        elif unverified:
+            self.signatures_skipped += len(unverified)
         gb = GovBlock(
             self.gov, height, self.genesis.params.pipeline_depth,
             self.genesis.params.checkpoint_interval,
@@ -430,9 +483,9 @@ class Application:
                 meta[key] = None
             meta[state_tree.stale_key(old)] = None
 
-    def apply(self, cb: CertifiedBlock) -> Executed:
+    def apply(self, cb: CertifiedBlock, *, verify_signatures: bool = True) -> Executed:
         """Execute a committed block and commit it with its effects in one synced batch."""
-        executed = self.execute(cb.block)
+        executed = self.execute(cb.block, verify_signatures=verify_signatures)
         self._add_epoch_proofs(cb, executed.meta)
         self.store.commit_block(cb, executed.writes, executed.meta, executed.tx_status, sync=True)
         self.forget(executed.tx_hashes)

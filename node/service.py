@@ -36,6 +36,7 @@ from consensus.types import (
     BlockResponse,
     CertifiedBlock,
     Evidence,
+    PrePrepare,
     tx_hash,
 )
 from node.driver import Driver, PeerMessage, Tick, is_sync_message
@@ -307,6 +308,10 @@ class Node:
             return
         if isinstance(message, BlockRequest):
             await self._serve_blocks(item.peer, message)
+        elif isinstance(message, PrePrepare) and not await self._proposal_signatures_ok(
+            item.peer, message
+        ):
+            self._count_bad("bad_tx_signature")
         elif isinstance(message, Evidence):
             self._count_bad("unexpected_type")
         else:
@@ -317,6 +322,29 @@ class Node:
                 self.driver.events_send.send_nowait(event)
             except trio.WouldBlock:
                 await self.driver.events_send.send(event)  # back-pressure onto this peer
+
+    async def _proposal_signatures_ok(self, peer: bytes, pp: PrePrepare) -> bool:
+        """Check the signatures of a proposed block's transactions before the replica sees it.
+
+        The replica then never prepares (so never commits) a block with a bad
+        transaction signature, which is what lets every node execute committed
+        blocks without checking signatures again (`Application.verify_proposal`).
+        Only a PRE-PREPARE its validator sends directly is checked (anything
+        else the replica drops anyway, so a relayed or forged one costs no
+        signature checks); most transactions are in the verified cache from
+        gossip already. NEW-VIEW re-proposals need no check: each was prepared
+        by a quorum, so a correct validator checked it.
+        """
+        if pp.replica != peer or not pp.block.txs or pp.view < self.replica.view:
+            return True  # the replica drops it unchecked, or there is nothing to check
+        bad = await trio.to_thread.run_sync(self.app.verify_proposal, pp.block.txs)
+        if bad is None:
+            return True
+        log.warning(
+            "proposal dropped: a transaction signature does not verify",
+            extra={"proposer": peer.hex(), "height": pp.height, "view": pp.view, "index": bad},
+        )
+        return False
 
     def _count_bad(self, reason: str) -> None:
         self.bad_inbound[reason] = self.bad_inbound.get(reason, 0) + 1
@@ -363,7 +391,9 @@ class Node:
     async def _apply_block(self, cb: CertifiedBlock) -> tuple[bytes, Any]:
         self.metrics.observe_committed(cb, self.replica_validators())
         started = time.perf_counter()
-        executed = await trio.to_thread.run_sync(self.app.apply, cb, limiter=self._db_limiter)
+        # committed blocks carry only good signatures (see _proposal_signatures_ok)
+        apply = partial(self.app.apply, verify_signatures=False)
+        executed = await trio.to_thread.run_sync(apply, cb, limiter=self._db_limiter)
         now = time.perf_counter()
         self.metrics.write_latency.labels(self.chain_id).observe(now - started)
         self._after_commit(cb, executed, now)

@@ -14,6 +14,12 @@ it on. With the node's own key it:
 - replays old messages: every few sends it sends again a random message from
   the last `REPLAY_KEPT` it sent, to a random validator.
 
+With `--bad-tx-signature` it instead proposes, whenever it is primary, its
+block with the first transaction's signature damaged (one bit; the block's
+tx_root recomputed and the PRE-PREPARE signed, so only the transaction
+signature is wrong), to every validator: correct validators must refuse to
+vote for it (node/service.py checks proposals' transaction signatures).
+
 Each action is logged as a JSON line ("byzantine" with its kind), so the test
 can count them. Exit and shutdown behave as `redwood start`.
 """
@@ -33,6 +39,7 @@ from typing import Any
 
 import trio
 
+from consensus import merkle
 from consensus.certificates import NO_SIGNATURE, sign
 from consensus.types import Block, Commit, Prepare, PrePrepare
 
@@ -45,8 +52,9 @@ log = logging.getLogger("redwood.byzantine")
 class Byzantine:
     """Wraps `node.driver._send`; see the module docstring."""
 
-    def __init__(self, node: Any, rng: random.Random) -> None:
+    def __init__(self, node: Any, rng: random.Random, *, bad_tx_signature: bool = False) -> None:
         self.node = node
+        self.bad_tx_signature = bad_tx_signature
         self.rng = rng
         self.honest_send = node._send
         self.sent: collections.deque[tuple[bytes | None, Any]] = collections.deque(
@@ -65,7 +73,9 @@ class Byzantine:
     def send(self, to: bytes | None, message: Any) -> None:
         self._sends += 1
         mine = getattr(message, "replica", None) == self.node.node_id
-        if mine and isinstance(message, PrePrepare):
+        if mine and isinstance(message, PrePrepare) and self.bad_tx_signature:
+            self._bad_signature_proposal(to, message)
+        elif mine and isinstance(message, PrePrepare):
             self._equivocate(to, message)
         else:
             self.honest_send(to, message)
@@ -91,6 +101,20 @@ class Byzantine:
         if first and (to is None or to == first[0]):
             self.honest_send(first[0], twin)  # first[0] holds both: evidence
         self._note("equivocation", view=pp.view, height=pp.height)
+
+    def _bad_signature_proposal(self, to: bytes | None, pp: PrePrepare) -> None:
+        if not pp.block.txs:
+            self.honest_send(to, pp)
+            return
+        first = pp.block.txs[0]
+        damaged = first[:-1] + bytes([first[-1] ^ 1])  # the last byte is the signature's
+        txs = (damaged, *pp.block.txs[1:])
+        header = dataclasses.replace(pp.block.header, tx_root=merkle.root(list(txs)))
+        bad = PrePrepare(pp.view, pp.height, Block(header, txs), self.node.node_id, NO_SIGNATURE)
+        self.honest_send(to, sign(self.node.key, self.node.chain_id, bad))
+        tx_hash = hashlib.sha256(damaged).hexdigest()
+        self._note("bad_tx_signature", view=pp.view, height=pp.height)
+        log.warning("byzantine damaged tx", extra={"tx_hash": tx_hash})
 
     def _conflicting_vote(self, vote: Prepare | Commit) -> None:
         others = self.others()
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.byzantine_node")
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bad-tx-signature", action="store_true")
     args = parser.parse_args(argv)
     from node.config import load_config
     from node.logs import setup_logging
@@ -131,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.home)
     setup_logging(cfg.log.format, cfg.log.level, sys.stderr)
     node = Node(cfg)
-    byz = Byzantine(node, random.Random(args.seed))
+    byz = Byzantine(node, random.Random(args.seed), bad_tx_signature=args.bad_tx_signature)
     byz.install()
     log.warning("byzantine node started", extra={"node_id": node.node_id.hex()})
     try:

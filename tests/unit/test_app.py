@@ -585,3 +585,41 @@ def _timed(fn: Any, arg: Any, clock: Any) -> float:
     result = fn(arg)
     assert result.applied == len(arg.txs)
     return float(clock() - start)
+
+
+def _damaged(raw: bytes) -> bytes:
+    return raw[:-1] + bytes([raw[-1] ^ 1])  # the last byte belongs to the signature
+
+
+def test_verify_proposal_finds_the_first_bad_signature_and_caches_good_ones(
+    store: Any, genesis: Genesis
+) -> None:
+    counter = CountingVerifier()
+    app = Application(store, genesis, verify_many=counter)
+    known = tx(record="known")
+    assert isinstance(app.check(known, 0), Checked) and counter.items == 1
+    good = [tx(record=f"g{i}") for i in range(4)]
+    assert app.verify_proposal([known, *good]) is None
+    assert counter.items == 1 + 4 and counter.calls == 2  # the cached one is not re-checked
+    assert app.verify_proposal([known, *good]) is None and counter.items == 5  # all cached now
+    bad = [good[0], _damaged(tx(record="b1")), b"\xc1 not a transaction", _damaged(tx(record="b2"))]
+    assert app.verify_proposal(bad) == 1  # undecodable bytes are left to execution
+    assert app.verify_proposal([]) is None
+
+
+def test_execute_without_signature_checks_trusts_a_committed_block(
+    store: Any, genesis: Genesis
+) -> None:
+    """A node executes committed blocks with verify_signatures=False: no signature is
+    checked, cached or not (a catching-up node has nothing cached), and receipts are
+    those of a block whose signatures verified."""
+    counter = CountingVerifier()
+    app = Application(store, genesis, verify_many=counter)
+    raws = [tx(record=f"c{i}") for i in range(5)]
+    executed = app.apply(make_block(store, raws), verify_signatures=False)
+    assert executed.tx_status == [0] * 5 and counter.items == 0
+    assert app.signatures_skipped == 5
+    # the default still checks (tests and tools), and finds a bad one
+    damaged = _damaged(tx(record="d"))
+    checked = app.apply(make_block(store, [damaged]))
+    assert checked.tx_status == [int(Code.BAD_SIGNATURE)] and counter.items == 1
