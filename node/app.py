@@ -82,7 +82,7 @@ import json
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
@@ -190,6 +190,8 @@ class Executed:
     # validator-set epochs decided in this block: (epoch, first_height, node ids)
     new_epochs: tuple[tuple[int, int, tuple[bytes, ...]], ...] = ()
     tree_update: Any = None  # storage.state_tree.Update
+    # current version, before this block, of every key it writes (what commit_block needs)
+    versions: dict[bytes, int] | None = None
 
 
 class Store(Protocol):
@@ -199,6 +201,7 @@ class Store(Protocol):
     def has_tx(self, tx_hash: bytes) -> bool: ...
     def get_meta(self, key: bytes) -> bytes | None: ...
     def get_record(self, key: bytes) -> Any: ...
+    def current_versions(self, keys: Iterable[bytes]) -> dict[bytes, int]: ...
     def commit_block(
         self,
         cb: CertifiedBlock,
@@ -207,6 +210,9 @@ class Store(Protocol):
         tx_status: Sequence[int] | None = None,
         *,
         sync: bool = True,
+        versions: Mapping[bytes, int] | None = None,
+        tx_hashes: Sequence[bytes] | None = None,
+        first_seen: Sequence[bool] | None = None,
     ) -> None: ...
 
 
@@ -422,7 +428,8 @@ class Application:
                 writes.append(
                     StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
                 )
-        update = self._update_tree(prev_ref, writes, height)
+        versions = self.store.current_versions({w.key for w in writes})
+        update = self._update_tree(prev_ref, writes, height, versions)
         root = update.root_hash
         applied = status.count(Code.APPLIED)
         meta: dict[bytes, bytes | None] = {
@@ -437,7 +444,7 @@ class Application:
         self._prune(height, meta)
         return Executed(
             writes, status, meta, root, height, hashes, applied,
-            gb.state, tuple(gb.new_epochs), update,
+            gb.state, tuple(gb.new_epochs), update, versions,
         )  # fmt: skip
 
     def _execute_gov(self, gb: GovBlock, tx: Transaction) -> bool:
@@ -453,22 +460,25 @@ class Application:
         return True
 
     def _update_tree(
-        self, prev: state_tree.NodeRef | None, writes: Sequence[StateWrite], height: int
+        self,
+        prev: state_tree.NodeRef | None,
+        writes: Sequence[StateWrite],
+        height: int,
+        versions: Mapping[bytes, int],
     ) -> state_tree.Update:
-        """The tree after `writes` (last write of a key wins; versions counted as the store does)."""
+        """The tree after `writes` (last write of a key wins; versions counted as the store
+        does, from `versions`, the current version of each key before the block)."""
         counts: dict[bytes, int] = {}
         last: dict[bytes, bytes | None] = {}
         for w in writes:
             counts[w.key] = counts.get(w.key, 0) + 1
             last[w.key] = w.value
         changes: dict[bytes, bytes | None] = {}
-        get = self.store.get_record
         for key, value in last.items():
             if value is None:
                 changes[state_tree.key_hash(key)] = None
                 continue
-            current = get(key)
-            version = (0 if current is None else current.version) + counts[key]
+            version = versions[key] + counts[key]
             changes[state_tree.key_hash(key)] = value_hash(height, version, value)
         return self.tree.update(prev, changes, height)
 
@@ -487,7 +497,11 @@ class Application:
         """Execute a committed block and commit it with its effects in one synced batch."""
         executed = self.execute(cb.block, verify_signatures=verify_signatures)
         self._add_epoch_proofs(cb, executed.meta)
-        self.store.commit_block(cb, executed.writes, executed.meta, executed.tx_status, sync=True)
+        status = executed.tx_status
+        self.store.commit_block(
+            cb, executed.writes, executed.meta, status, sync=True, versions=executed.versions,
+            tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
+        )  # fmt: skip
         self.forget(executed.tx_hashes)
         if executed.tree_update is not None:
             self.tree.committed(executed.tree_update)

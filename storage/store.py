@@ -58,7 +58,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -498,16 +498,31 @@ class ChainStore:
         tx_status: Sequence[int] | None = None,
         *,
         sync: bool = True,
+        versions: Mapping[bytes, int] | None = None,
+        tx_hashes: Sequence[bytes] | None = None,
+        first_seen: Sequence[bool] | None = None,
     ) -> None:
         """Write block `head+1` with its certificate, indexes, state writes and meta atomically.
 
         Raises ValueError (and writes nothing) if the block is not at head+1,
         does not link to the head's hash, carries a certificate for another
         block, or the arguments are malformed. Meta values of None delete.
+
+        Lookups the caller has already done can be handed in (the application
+        does, to spare a LevelDB read per write and per transaction):
+        `versions`, the current version of every key in `writes` as
+        `current_versions` returned it against this head; `tx_hashes`, the
+        hash of every transaction; `first_seen`, per transaction, True when it
+        is not indexed yet and not earlier in this block (the caller's
+        duplicate check). Without them the store looks them up itself.
         """
         with self._write_lock:
             block_hash = self._check_next(cb)
-            statuses = self._check_statuses(tx_status, len(cb.block.txs))
+            count = len(cb.block.txs)
+            statuses = self._check_statuses(tx_status, count)
+            for name, given in (("tx_hashes", tx_hashes), ("first_seen", first_seen)):
+                if given is not None and len(given) != count:
+                    raise ValueError(f"{name} has {len(given)} entries for {count} transactions")
             meta_entries = _meta_entries(meta)
             record = codec.encode(cb)
             height = cb.block.height
@@ -516,8 +531,8 @@ class ChainStore:
             with self._db.write_batch(transaction=True, sync=sync) as wb:
                 wb.put(_BLOCK + hkey, record)
                 wb.put(_HASH + block_hash, hkey)
-                self._put_tx_index(wb, cb, record, statuses)
-                self._put_state(wb, writes, height)
+                self._put_tx_index(wb, cb, record, statuses, tx_hashes, first_seen)
+                self._put_state(wb, writes, height, versions)
                 for key, value in meta_entries:
                     if value is None:
                         wb.delete(key)
@@ -560,15 +575,29 @@ class ChainStore:
         return tx_status
 
     def _put_tx_index(
-        self, wb: plyvel.WriteBatch, cb: CertifiedBlock, record: bytes, statuses: Sequence[int]
+        self,
+        wb: plyvel.WriteBatch,
+        cb: CertifiedBlock,
+        record: bytes,
+        statuses: Sequence[int],
+        tx_hashes: Sequence[bytes] | None,
+        first_seen: Sequence[bool] | None,
     ) -> None:
         """Index the block's transactions that were never indexed before (first location wins)."""
         height = cb.block.height
         put, pack = wb.put, _TXLOC.pack
-        keys = [_TX + tx_hash(tx) for tx in cb.block.txs]
-        skip = self._existing(keys)  # already indexed by an earlier block
+        txs = cb.block.txs
+        if tx_hashes is None:
+            tx_hashes = [tx_hash(tx) for tx in txs]
+        keys = [_TX + h for h in tx_hashes]
         offsets = _tx_offsets(cb, record)
-        for index, (key, tx) in enumerate(zip(keys, cb.block.txs, strict=True)):
+        if first_seen is not None:
+            for index, key in enumerate(keys):
+                if first_seen[index]:
+                    put(key, pack(height, index, statuses[index], offsets[index], len(txs[index])))
+            return
+        skip = self._existing(keys)  # already indexed by an earlier block
+        for index, (key, tx) in enumerate(zip(keys, txs, strict=True)):
             if key in skip:
                 continue
             skip.add(key)  # a second copy in this block keeps the first location too
@@ -579,11 +608,25 @@ class ChainStore:
         get = self._db.get
         return {key for key in sorted(keys) if get(key) is not None}
 
-    def _put_state(self, wb: plyvel.WriteBatch, writes: Sequence[StateWrite], height: int) -> None:
+    def _put_state(
+        self,
+        wb: plyvel.WriteBatch,
+        writes: Sequence[StateWrite],
+        height: int,
+        current: Mapping[bytes, int] | None,
+    ) -> None:
         """Current and history entries for each write, with version numbers counted per key."""
         put = wb.put
         pack_version, pack_u64, pack_u16 = _VERSION.pack, _U64.pack, _U16.pack
-        versions = self._current_versions(writes)
+        keys = {w.key for w in writes}
+        if current is None:
+            versions = self.current_versions(keys)
+        else:
+            _check_state_keys(keys)
+            missing = keys - current.keys()
+            if missing:
+                raise ValueError(f"versions lacks {len(missing)} key(s) of the writes")
+            versions = {k: current[k] for k in keys}
         for w in writes:
             key, value, tx_index = w.key, w.value, w.tx_index
             if value is None:
@@ -604,12 +647,11 @@ class ChainStore:
         for key, version in versions.items():  # the last write of each key is its current version
             put(_STATE + key, pack_u64(version))
 
-    def _current_versions(self, writes: Sequence[StateWrite]) -> dict[bytes, int]:
-        """Current version number (0 = never written) of every key in `writes`."""
-        keys = {w.key for w in writes}
-        for key in keys:
-            if type(key) is not bytes or len(key) > STATE_KEY_BYTES_MAX:
-                raise ValueError(f"state key must be bytes of at most {STATE_KEY_BYTES_MAX} bytes")
+    @_leveldb_errors
+    def current_versions(self, keys: Iterable[bytes]) -> dict[bytes, int]:
+        """Current version number (0 = never written) of every key in `keys`."""
+        keys = set(keys)
+        _check_state_keys(keys)
         get, unpack = self._db.get, _U64.unpack_from
         versions = {}
         for key in sorted(keys):
@@ -618,6 +660,12 @@ class ChainStore:
                 raise self._corrupt("a current-version entry is malformed")
             versions[key] = 0 if current is None else unpack(current)[0]
         return versions
+
+
+def _check_state_keys(keys: Iterable[object]) -> None:
+    for key in keys:
+        if type(key) is not bytes or len(key) > STATE_KEY_BYTES_MAX:
+            raise ValueError(f"state key must be bytes of at most {STATE_KEY_BYTES_MAX} bytes")
 
 
 def destroy(path: str | os.PathLike[str]) -> None:

@@ -8,7 +8,7 @@ dir (the `store_kind` fixture).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ class FakeStore:
         versions = self.state.get(key)
         return versions[-1] if versions else None
 
+    def current_versions(self, keys: Iterable[bytes]) -> dict[bytes, int]:
+        return {k: len(self.state.get(k, [])) for k in keys}
+
     def record_history(self, key: bytes, limit: int = 100) -> list[RecordVersion]:
         return list(reversed(self.state.get(key, [])))[:limit]
 
@@ -102,6 +105,9 @@ class FakeStore:
         tx_status: Sequence[int] | None = None,
         *,
         sync: bool = True,
+        versions: Mapping[bytes, int] | None = None,
+        tx_hashes: Sequence[bytes] | None = None,
+        first_seen: Sequence[bool] | None = None,
     ) -> None:
         height = cb.block.height
         parent = self.blocks[-1].block.hash() if self.blocks else self.genesis_hash

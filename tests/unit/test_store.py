@@ -537,3 +537,63 @@ def test_destroy_drops_the_store_but_not_while_it_is_open(path: pathlib.Path) ->
     destroy(path)  # nothing there: nothing to do
     with ChainStore.open(path, genesis_hash=sha256(b"a new chain")) as fresh:
         assert fresh.head_height() == 0
+
+
+def _dump(path: pathlib.Path) -> dict[bytes, bytes]:
+    db = raw_db(path)
+    try:
+        return dict(db.iterator())
+    finally:
+        db.close()
+
+
+def test_lookups_handed_in_write_the_same_bytes_as_lookups_done_by_the_store(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`versions`, `tx_hashes` and `first_seen` only spare reads: same database either way."""
+    a, b, c = make_tx(b"a"), make_tx(b"b"), make_tx(b"c")
+    blocks = [
+        (
+            (a, b, a),
+            [StateWrite(b"k", b"1", 0), StateWrite(b"j", b"x", 1), StateWrite(b"k", b"2", 2)],
+        ),
+        ((c, b), [StateWrite(b"k", None, 0), StateWrite(b"n", b"new", 1)]),
+    ]
+    paths = []
+    for hinted in (False, True):
+        path = tmp_path / f"hinted-{hinted}"
+        s = ChainStore.open(path, genesis_hash=GENESIS_HASH)
+        seen: set[bytes] = set()
+        for txs, writes in blocks:
+            cb = make_block(s.head_height() + 1, s.head_hash(), txs)
+            if not hinted:
+                s.commit_block(cb, writes, tx_status=[0] * len(txs))
+                continue
+            hashes = [tx_hash(t) for t in txs]
+            first = []
+            for h in hashes:
+                first.append(h not in seen and not s.has_tx(h))
+                seen.add(h)
+            versions = s.current_versions(w.key for w in writes)
+            s.commit_block(
+                cb, writes, tx_status=[0] * len(txs), versions=versions,
+                tx_hashes=hashes, first_seen=first,
+            )  # fmt: skip
+        s.close()
+        paths.append(path)
+    plain, hinted_db = _dump(paths[0]), _dump(paths[1])
+    assert plain == hinted_db
+    assert len(plain) > 10  # blocks, tx index, state and history entries were written
+
+
+def test_lookups_handed_in_are_checked(store: ChainStore) -> None:
+    cb = make_block(1, GENESIS_HASH, (make_tx(b"a"),))
+    writes = [StateWrite(b"k", b"v", 0)]
+    with pytest.raises(ValueError, match="tx_hashes has 2 entries"):
+        store.commit_block(cb, writes, tx_hashes=[b"x" * 32, b"y" * 32])
+    with pytest.raises(ValueError, match="first_seen has 0 entries"):
+        store.commit_block(cb, writes, first_seen=[])
+    with pytest.raises(ValueError, match="versions lacks 1 key"):
+        store.commit_block(cb, writes, versions={b"other": 0})
+    assert store.head_height() == 0  # nothing was written
+    assert store.current_versions([b"k", b"never"]) == {b"k": 0, b"never": 0}
