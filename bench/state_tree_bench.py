@@ -1,13 +1,26 @@
 """State tree cost per write and proof size (storage/state_tree.py).
 
-Builds a tree of N records (default 1,000,000) in memory, then applies blocks
-of B writes (default 4,000: half updates of existing keys, half new keys) and
-reports microseconds per write (tree update + node encoding, no LevelDB; CPU
-time of this process, median and best block, since a shared machine inflates
-wall time), the proof size of random keys (inclusion and absence) and the time
-to verify one.
+Builds a tree of N records (default 1,000,000), then applies blocks of B
+writes (default 4,000: half updates of random existing keys, half new keys)
+the way the node does: `update` on the previous root, the node writes go to
+the store, then `committed`. The first W blocks (default 5) warm the node cache
+as a running node's is warm; the next K blocks (default 5) are measured.
+Figures are CPU time of this process (a shared machine inflates wall time),
+microseconds per write for `update`, `committed` and their sum, median and
+best block over the K blocks. LevelDB writes are not included (the store
+pays them in the block's batch, with or without a tree).
 
-    .venv/bin/python bench/state_tree_bench.py [--records N] [--block B] [--blocks K]
+Reads go through a `get` like the node's (`ChainStore.get_meta`, a Python
+method that adds the meta prefix), over either a dict (`--get dict`: the
+tree's own cost) or a LevelDB opened with the store's options (`--get leveldb`:
+with the real cost of reading the nodes not in the cache). Then it reports
+the proof size of random keys (inclusion and absence) and the time to verify one.
+
+    .venv/bin/python bench/state_tree_bench.py [--records N] [--block B]
+        [--warmup W] [--blocks K] [--get dict|leveldb|both] [--impl path/to/state_tree.py]
+
+`--impl` loads another version of the module (e.g. `git show
+HEAD~3:storage/state_tree.py > /tmp/old_tree.py`) to compare on the same run.
 """
 
 from __future__ import annotations
@@ -15,83 +28,194 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import importlib.util
 import os
+import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from storage.state_tree import StateTree, key_hash, verify
+META = b"a/"  # the store's meta prefix
+LEVELDB_OPTIONS: dict[str, Any] = {  # as storage/store.py opens its database
+    "write_buffer_size": 32 * 1024 * 1024,
+    "lru_cache_size": 64 * 1024 * 1024,
+    "bloom_filter_bits": 10,
+    "paranoid_checks": True,
+}
+
+
+def load_impl(path: str | None) -> ModuleType:
+    if path is None:
+        from storage import state_tree
+
+        return state_tree
+    spec = importlib.util.spec_from_file_location("state_tree_impl", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def record_key(st: ModuleType, i: int) -> bytes:
+    key: bytes = st.key_hash(b"rec/a\x00%d" % i)
+    return key
+
+
+def build(st: ModuleType, records: int) -> tuple[dict[bytes, bytes], Any, int]:
+    """The tree of `records` keys in a dict (node key -> bytes, without the meta prefix)."""
+    db: dict[bytes, bytes] = {}
+    tree = st.StateTree(db.get)
+    root, version, chunk = None, 0, 100_000
+    for start in range(0, records, chunk):
+        version += 1
+        changes = {
+            record_key(st, i): hashlib.sha256(b"%d" % i).digest()
+            for i in range(start, min(records, start + chunk))
+        }
+        up = tree.update(root, changes, version)
+        db.update(up.puts)
+        root = up.root
+    return db, root, version
+
+
+class DictStore:
+    """A dict behind a method call, like `ChainStore.get_meta` over LevelDB."""
+
+    def __init__(self, nodes: dict[bytes, bytes]) -> None:
+        self._db = {META + k: v for k, v in nodes.items()}
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self._db.get(META + key)
+
+    def write(self, puts: dict[bytes, bytes]) -> None:
+        for k, v in puts.items():
+            self._db[META + k] = v
+
+    def close(self) -> None:
+        self._db.clear()
+
+
+class LevelStore:
+    """A LevelDB in a temporary directory, read like `ChainStore.get_meta`."""
+
+    def __init__(self, nodes: dict[bytes, bytes]) -> None:
+        import plyvel
+
+        self._dir = tempfile.mkdtemp(prefix="state_tree_bench_")
+        self._db = plyvel.DB(self._dir, create_if_missing=True, **LEVELDB_OPTIONS)
+        self.write(nodes)
+        self._db.compact_range()
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(META + key)
+        return value
+
+    def write(self, puts: dict[bytes, bytes]) -> None:
+        with self._db.write_batch() as wb:
+            for k, v in puts.items():
+                wb.put(META + k, v)
+
+    def close(self) -> None:
+        self._db.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def run_blocks(
+    st: ModuleType, store: Any, root: Any, version: int, args: argparse.Namespace
+) -> Any:
+    tree = st.StateTree(store.get_meta)
+    rng = random.Random(7)
+    nxt = args.records
+    upd_us, com_us = [], []
+    for b in range(args.warmup + args.blocks):
+        version += 1
+        half = args.block // 2
+        changes = {
+            record_key(st, rng.randrange(args.records)): rng.randbytes(32) for _ in range(half)
+        }
+        for i in range(nxt, nxt + args.block - half):
+            changes[record_key(st, i)] = rng.randbytes(32)
+        nxt += args.block - half
+        t0 = time.process_time()
+        up = tree.update(root, changes, version)
+        t1 = time.process_time()
+        store.write(up.puts)
+        t2 = time.process_time()
+        tree.committed(up)
+        t3 = time.process_time()
+        root = up.root
+        if b < args.warmup:
+            continue
+        upd_us.append((t1 - t0) / len(changes) * 1e6)
+        com_us.append((t3 - t2) / len(changes) * 1e6)
+        print(
+            f"  block of {len(changes)} writes: update {(t1 - t0) * 1e3:.1f} ms, "
+            f"committed {(t3 - t2) * 1e3:.1f} ms CPU, {len(up.puts)} nodes written"
+        )
+    tot = [u + c for u, c in zip(upd_us, com_us, strict=True)]
+    med = statistics.median
+    print(
+        f"  per write (CPU, median of {len(tot)} blocks / best): update {med(upd_us):.2f} / "
+        f"{min(upd_us):.2f} us, committed {med(com_us):.2f} / {min(com_us):.2f} us, "
+        f"total {med(tot):.2f} / {min(tot):.2f} us"
+    )
+    return tree, root
+
+
+def proofs(st: ModuleType, tree: Any, root: Any, records: int) -> None:
+    sizes, vtimes = [], []
+    for i in range(200):
+        k = record_key(st, i * 4999 % records)
+        p = tree.prove(root, k)
+        sizes.append(p.size_bytes())
+        t = time.perf_counter()
+        assert st.verify(root.hash, k, p.leaf[1] if p.leaf else None, p)
+        vtimes.append(time.perf_counter() - t)
+        a = tree.prove(root, st.key_hash(b"absent%d" % i))
+        sizes.append(a.size_bytes())
+    print(
+        f"proof size: median {statistics.median(sizes):.0f} B, max {max(sizes)} B; "
+        f"verify median {statistics.median(vtimes) * 1e6:.0f} us"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--block", type=int, default=4000)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=5)
+    ap.add_argument("--get", choices=("dict", "leveldb", "both"), default="both")
+    ap.add_argument("--impl", default=None, help="path of another state_tree.py to measure")
     args = ap.parse_args()
-    db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get)
-    root = None
+    st = load_impl(args.impl)
+    print(f"implementation: {st.__file__}; load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
-    chunk = 100_000
-    version = 0
-    for start in range(0, args.records, chunk):
-        version += 1
-        changes = {
-            key_hash(b"rec/a\x00%d" % i): hashlib.sha256(b"%d" % i).digest()
-            for i in range(start, min(args.records, start + chunk))
-        }
-        up = tree.update(root, changes, version)
-        db.update(up.puts)
-        root = up.root
-    print(f"built {args.records} records in {time.perf_counter() - t0:.1f} s, {len(db)} nodes")
-    gc.collect()
-    gc.freeze()  # the node's long-lived objects are not the tree's cost
-    per_write = []
-    nxt = args.records
-    for _ in range(args.blocks):
-        version += 1
-        half = args.block // 2
-        changes = {
-            key_hash(b"rec/a\x00%d" % (int.from_bytes(os.urandom(4), "big") % args.records)): (
-                os.urandom(32)
-            )
-            for _ in range(half)
-        }
-        for i in range(nxt, nxt + args.block - half):
-            changes[key_hash(b"rec/a\x00%d" % i)] = os.urandom(32)
-        nxt += args.block - half
-        t, w = time.process_time(), time.perf_counter()
-        up = tree.update(root, changes, version)
-        dt, wall = time.process_time() - t, time.perf_counter() - w
-        db.update(up.puts)
-        root = up.root
-        per_write.append(dt / len(changes) * 1e6)
-        print(
-            f"block of {len(changes)} writes: {dt * 1e3:.1f} ms CPU ({wall * 1e3:.1f} ms wall), "
-            f"{len(up.puts)} nodes written"
-        )
-    print(
-        f"tree update: median {statistics.median(per_write):.2f} us/write CPU, "
-        f"best block {min(per_write):.2f}"
-    )
-    assert root is not None
-    sizes, vtimes = [], []
-    for i in range(200):
-        k = key_hash(b"rec/a\x00%d" % (i * 4999 % args.records))
-        p = tree.prove(root, k)
-        sizes.append(p.size_bytes())
-        t = time.perf_counter()
-        assert verify(root.hash, k, p.leaf[1] if p.leaf else None, p)
-        vtimes.append(time.perf_counter() - t)
-        a = tree.prove(root, key_hash(b"absent%d" % i))
-        sizes.append(a.size_bytes())
-    print(
-        f"proof size: median {statistics.median(sizes):.0f} B, max {max(sizes)} B; "
-        f"verify median {statistics.median(vtimes) * 1e6:.0f} us"
-    )
+    nodes, root, version = build(st, args.records)
+    print(f"built {args.records} records in {time.perf_counter() - t0:.1f} s, {len(nodes)} nodes")
+    kinds: list[tuple[str, Callable[[dict[bytes, bytes]], Any]]] = []
+    if args.get in ("dict", "both"):
+        kinds.append(("dict", DictStore))
+    if args.get in ("leveldb", "both"):
+        kinds.append(("leveldb", LevelStore))
+    for name, make in kinds:
+        store = make(nodes)
+        gc.collect()
+        gc.freeze()  # the node's long-lived objects are not the tree's cost
+        print(f"get through {name}:")
+        tree, last = run_blocks(st, store, root, version, args)
+        proofs(st, tree, last, args.records)
+        store.close()
+        gc.unfreeze()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,11 +167,7 @@ def nibble(khash: bytes, depth: int) -> int:
 
 def internal_key(depth: int, khash: bytes, version: int) -> bytes:
     """Storage key of the internal node at `depth` on `khash`'s path, written at `version`."""
-    n = (depth + 1) // 2
-    path = bytearray(khash[:n])
-    if depth & 1:
-        path[-1] &= 0xF0
-    return INTERNAL_PREFIX + bytes((depth,)) + bytes(path) + _U64.pack(version)
+    return _position(depth, khash) + _U64.pack(version)
 
 
 def leaf_key(lhash: bytes, version: int) -> bytes:
@@ -213,137 +210,110 @@ def decode_stale(raw: bytes) -> list[bytes]:
 
 
 # -- nodes -----------------------------------------------------------------------
+#
+# Inside an update, a child reference is a plain tuple (hash, version as 8 bytes
+# big-endian, is_leaf): exactly the slices an internal node stores, so children
+# are copied between nodes without decoding, and versions are never converted
+# to int. Only the root becomes a `NodeRef`. An internal node stays in its
+# stored bytes; `_Batch` reads children from them by offset.
+
+_Ref = tuple[bytes, bytes, bool]
+_GONE: Any = object()  # a subtree that the update emptied (None: unchanged)
+_POS_HEAD = [INTERNAL_PREFIX + bytes((d,)) for d in range(NIBBLES)]
+_HIGH = [bytes((b & 0xF0,)) for b in range(256)]
+_BYTE = [bytes((b,)) for b in range(256)]
 
 
-class _Internal:
-    """A decoded internal node: children[nibble] = NodeRef or None."""
-
-    __slots__ = ("children",)
-
-    def __init__(self, children: list[NodeRef | None]) -> None:
-        self.children = children
+def _position(depth: int, khash: bytes) -> bytes:
+    """`internal_key` without the version: where the node sits, whatever its version."""
+    if depth & 1:
+        return _POS_HEAD[depth] + khash[: depth >> 1] + _HIGH[khash[depth >> 1]]
+    return _POS_HEAD[depth] + khash[: depth >> 1]
 
 
-def _encode_internal(children: Sequence[NodeRef | None]) -> tuple[bytes, bytes]:
-    """(stored bytes, hash) of an internal node."""
-    bitmap = leafmask = 0
-    hashes: list[bytes] = []
-    versions: list[int] = []
-    for i, c in enumerate(children):
-        if c is not None:
-            bitmap |= 1 << i
-            if c[2]:
-                leafmask |= 1 << i
-            hashes.append(c[0])
-            versions.append(c[1])
-    hs = b"".join(hashes)
-    bm = _U16.pack(bitmap)
-    h = _sha256(b"\x01" + bm + hs).digest()
-    return bm + _U16.pack(leafmask) + hs + struct.pack(f">{len(versions)}Q", *versions), h
-
-
-def _rewrite_in_place(
-    raw: bytes, bitmap: int, leafmask: int, k: int, changes: dict[int, NodeRef | None],
-    depth: int, khash0: bytes, version: int, puts: dict[bytes, bytes],
-) -> NodeRef:  # fmt: skip
-    """The common case of `_rewrite`: only existing children change (same shape, k >= 2)."""
-    buf = bytearray(raw)
-    vbase = 4 + 32 * k
-    for n, c in changes.items():
-        assert c is not None
-        j = (bitmap & ((1 << n) - 1)).bit_count()
-        buf[4 + 32 * j : 36 + 32 * j] = c[0]
-        _U64.pack_into(buf, vbase + 8 * j, c[1])
-        leafmask = leafmask | (1 << n) if c[2] else leafmask & ~(1 << n)
-    _U16.pack_into(buf, 2, leafmask)
-    out = bytes(buf)
-    if k == 1 and leafmask:  # a lone child that is now a leaf moves up
-        return NodeRef(out[4:36], _U64.unpack_from(out, 36)[0], True)
-    h = _sha256(b"\x01" + out[:2] + out[4:vbase]).digest()
-    puts[internal_key(depth, khash0, version)] = out
-    return NodeRef(h, version, False)
-
-
-def _popcount(x: int) -> int:
-    return x.bit_count()
-
-
-def _check_internal(raw: bytes) -> bytes:
-    """Stored internal-node bytes, checked for shape (kept undecoded)."""
-    if len(raw) < 4 or len(raw) != 4 + 40 * _popcount(_U16.unpack_from(raw, 0)[0]):
-        raise TreeError("malformed state tree node")
-    return bytes(raw)
-
-
-def _decode_internal(raw: bytes) -> _Internal:
+def _node_parts(raw: bytes) -> tuple[int, int, int]:
+    """(bitmap, leafmask, offset of the versions) of stored internal-node bytes."""
     if len(raw) < 4:
         raise TreeError("malformed state tree node")
-    bitmap, leafmask = _U16.unpack_from(raw, 0)[0], _U16.unpack_from(raw, 2)[0]
-    k = bin(bitmap).count("1")
-    if len(raw) != 4 + 40 * k:
+    bitmap = raw[0] << 8 | raw[1]
+    k = bitmap.bit_count()
+    if len(raw) != 4 + 40 * k or not bitmap:
         raise TreeError("malformed state tree node")
-    children: list[NodeRef | None] = [None] * 16
-    versions = struct.unpack_from(f">{k}Q", raw, 4 + 32 * k)
-    j = 0
-    for i in range(16):
-        if bitmap >> i & 1:
-            off = 4 + 32 * j
-            children[i] = NodeRef(raw[off : off + 32], versions[j], bool(leafmask >> i & 1))
-            j += 1
-    return _Internal(children)
+    return bitmap, raw[2] << 8 | raw[3], 4 + 32 * k
+
+
+def _encode_node(
+    bitmap: int, leafmask: int, hashes: list[bytes], versions: list[bytes]
+) -> tuple[bytes, bytes]:
+    """(stored bytes, hash) of an internal node from its present children, in nibble order."""
+    hs = b"".join(hashes)
+    bm = _BYTE[bitmap >> 8] + _BYTE[bitmap & 0xFF]
+    raw = bm + _BYTE[leafmask >> 8] + _BYTE[leafmask & 0xFF] + hs + b"".join(versions)
+    return raw, _sha256(b"\x01" + bm + hs).digest()
 
 
 class StateTree:
-    """Reads and updates the tree; see the module docstring. Not thread-safe for updates."""
+    """Reads and updates the tree; see the module docstring. Not thread-safe for updates.
+
+    The cache holds stored internal nodes by position (`internal_key` without
+    the version) -> (version, bytes): a newer version of a node replaces the
+    older one instead of pushing other nodes out, so the hot top levels, which
+    every block rewrites, never crowd out the rest. Leaves are not cached: a
+    block's writes hit random leaves, read once.
+    """
 
     def __init__(
         self, get: Callable[[bytes], bytes | None], *, cache_nodes_max: int = NODE_CACHE_MAX
     ) -> None:
         self._get = get
-        self._cache: OrderedDict[bytes, object] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
         self._cache_max = cache_nodes_max
 
     # -- node access --------------------------------------------------------------
 
-    def _load(self, key: bytes, decode: Callable[[bytes], object]) -> object:
-        node = self._cache.get(key)
-        if node is not None:
-            return node
-        raw = self._get(key)
+    def _internal(self, pos: bytes, ver8: bytes, remember: bool) -> bytes:
+        """Stored bytes of the internal node at `pos`, version `ver8` (checked for shape)."""
+        entry = self._cache.get(pos)
+        if entry is not None and entry[0] == ver8:
+            return entry[1]
+        raw = self._get(pos + ver8)
         if raw is None:
-            raise TreeError(f"state tree node {key!r} is missing (pruned or corrupt store)")
-        node = decode(raw)
-        self._remember(key, node)
-        return node
+            raise TreeError(f"state tree node {pos + ver8!r} is missing (pruned or corrupt store)")
+        raw = bytes(raw)
+        _node_parts(raw)
+        if remember and (entry is None or entry[0] < ver8):
+            self._remember(pos, ver8, raw)
+        return raw
 
-    def _remember(self, key: bytes, node: object) -> None:
+    def _leaf(self, lhash: bytes, ver8: bytes) -> tuple[bytes, bytes]:
+        raw = self._get(LEAF_PREFIX + lhash + ver8)
+        if raw is None:
+            raise TreeError(f"state tree leaf {lhash.hex()} is missing (pruned or corrupt store)")
+        if len(raw) != 64:
+            raise TreeError("malformed state tree leaf")
+        return bytes(raw[:32]), bytes(raw[32:])
+
+    def _remember(self, pos: bytes, ver8: bytes, raw: bytes) -> None:
         cache = self._cache
-        cache[key] = node
+        cache[pos] = (ver8, raw)
+        cache.move_to_end(pos)
         if len(cache) > self._cache_max:
             for _ in range(len(cache) - self._cache_max):
                 cache.popitem(last=False)
 
-    def _internal(self, depth: int, khash: bytes, ref: NodeRef) -> _Internal:
-        return _decode_internal(self._raw_internal(depth, khash, ref))
-
-    def _raw_internal(self, depth: int, khash: bytes, ref: NodeRef) -> bytes:
-        """The stored bytes of an internal node (cached as bytes: decoding is lazy)."""
-        raw = self._load(internal_key(depth, khash, ref.version), _check_internal)
-        assert isinstance(raw, bytes)
-        return raw
-
-    def _leaf(self, ref: NodeRef) -> tuple[bytes, bytes]:
-        node = self._load(leaf_key(ref.hash, ref.version), _decode_leaf)
-        assert isinstance(node, tuple)
-        return node
-
     def committed(self, update: Update) -> None:
-        """Cache the nodes of an update that has been written (optional; speeds reads)."""
+        """Cache the internal nodes of an update that has been written (optional; speeds reads)."""
+        cache = self._cache
+        move = cache.move_to_end
         for key, raw in update.puts.items():
-            if key.startswith(LEAF_PREFIX):
-                self._remember(key, _decode_leaf(raw))
-            else:
-                self._remember(key, raw)
+            if key.startswith(INTERNAL_PREFIX):
+                pos = key[:-8]
+                cache[pos] = (key[-8:], raw)
+                move(pos)
+        if len(cache) > self._cache_max:
+            pop = cache.popitem
+            for _ in range(len(cache) - self._cache_max):
+                pop(last=False)
 
     # -- reads ----------------------------------------------------------------------
 
@@ -356,29 +326,27 @@ class StateTree:
 
     def prove(self, root: NodeRef | None, khash: bytes) -> Proof:
         """Proof of `khash`'s value or absence under `root`."""
-        levels: list[tuple[int, tuple[bytes, ...]]] = []
-        ref = root
-        depth = 0
-        while ref is not None and not ref.is_leaf:
-            node = self._internal(depth, khash, ref)
-            n = nibble(khash, depth)
-            bitmap = 0
-            sibs = []
-            for i, c in enumerate(node.children):
-                if c is not None:
-                    bitmap |= 1 << i
-                    if i != n:
-                        sibs.append(c.hash)
-            child = node.children[n]
-            if child is None:  # empty slot: list every child
-                levels.append((bitmap, tuple(sibs)))
-                return Proof(tuple(levels), None)
-            levels.append((bitmap, tuple(sibs)))
-            ref = child
-            depth += 1
-        if ref is None:
+        if root is None:
             return Proof((), None)
-        return Proof(tuple(levels), self._leaf(ref))
+        levels: list[tuple[int, tuple[bytes, ...]]] = []
+        lhash, ver8, is_leaf = root.hash, _U64.pack(root.version), root.is_leaf
+        depth = 0
+        while not is_leaf:
+            if depth >= NIBBLES:
+                raise TreeError("state tree path longer than 64 nibbles (corrupt store)")
+            raw = self._internal(_position(depth, khash), ver8, True)
+            bitmap, leafmask, vbase = _node_parts(raw)
+            hashes = [raw[off : off + 32] for off in range(4, vbase, 32)]
+            bit = 1 << nibble(khash, depth)
+            if not bitmap & bit:  # empty slot: list every child
+                levels.append((bitmap, tuple(hashes)))
+                return Proof(tuple(levels), None)
+            j = (bitmap & (bit - 1)).bit_count()
+            lhash = hashes.pop(j)
+            levels.append((bitmap, tuple(hashes)))
+            ver8, is_leaf = raw[vbase + 8 * j : vbase + 8 * j + 8], bool(leafmask & bit)
+            depth += 1
+        return Proof(tuple(levels), self._leaf(lhash, ver8))
 
     # -- updates ----------------------------------------------------------------------
 
@@ -386,173 +354,234 @@ class StateTree:
         self, root: NodeRef | None, changes: Mapping[bytes, bytes | None], version: int
     ) -> Update:
         """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`."""
-        puts: dict[bytes, bytes] = {}
-        stale: list[bytes] = []
-        items = sorted(changes.items())
-        new_root = self._update(root, 0, items, version, puts, stale) if items else root
-        return Update(new_root, puts, stale)
-
-    def _update(
-        self,
-        ref: NodeRef | None,
-        depth: int,
-        items: list[tuple[bytes, bytes | None]],
-        version: int,
-        puts: dict[bytes, bytes],
-        stale: list[bytes],
-    ) -> NodeRef | None:
-        if ref is None:
-            live = [(k, v) for k, v in items if v is not None]
-            return self._build(depth, live, version, puts)
-        if ref.is_leaf:
-            return self._update_leaf(ref, depth, items, version, puts, stale)
-        khash0 = items[0][0]
-        raw = self._raw_internal(depth, khash0, ref)
-        bitmap, leafmask = _U16.unpack_from(raw, 0)[0], _U16.unpack_from(raw, 2)[0]
-        k = _popcount(bitmap)
-        vbase = 4 + 32 * k
-        changes: dict[int, NodeRef | None] = {}
-        for n, group in _groups(items, depth):
-            if bitmap >> n & 1:
-                j = _popcount(bitmap & ((1 << n) - 1))
-                old: NodeRef | None = NodeRef(
-                    raw[4 + 32 * j : 36 + 32 * j],
-                    _U64.unpack_from(raw, vbase + 8 * j)[0],
-                    bool(leafmask >> n & 1),
-                )
-            else:
-                old = None
-            new = self._update(old, depth + 1, group, version, puts, stale)
-            if new != old:
-                changes[n] = new
         if not changes:
-            return ref
-        stale.append(internal_key(depth, khash0, ref.version))
-        return self._rewrite(raw, bitmap, leafmask, k, changes, depth, khash0, version, puts)
+            return Update(root, {}, [])
+        items = sorted(changes.items())
+        batch = _Batch(self, [kv[0] for kv in items], [kv[1] for kv in items], version)
+        n = len(items)
+        if root is None:
+            new = batch.empty_slot(0, 0, n)
+        elif root.is_leaf:
+            new = batch.leaf_slot(root.hash, _U64.pack(root.version), 0, 0, n)
+        else:
+            new = batch.node(_POS_HEAD[0], 0, _U64.pack(root.version), 0, n)
+        if new is None:
+            new_root = root
+        elif new is _GONE:
+            new_root = None
+        else:
+            new_root = NodeRef(new[0], _U64.unpack(new[1])[0], new[2])
+        return Update(new_root, batch.puts, batch.stale)
 
-    @staticmethod
-    def _rewrite(
-        raw: bytes, bitmap: int, leafmask: int, k: int, changes: dict[int, NodeRef | None],
-        depth: int, khash0: bytes, version: int, puts: dict[bytes, bytes],
-    ) -> NodeRef | None:  # fmt: skip
-        """Re-encode an internal node with `changes` applied, copying untouched children."""
-        if all(c is not None and bitmap >> n & 1 for n, c in changes.items()):
-            return _rewrite_in_place(
-                raw, bitmap, leafmask, k, changes, depth, khash0, version, puts
-            )
+
+class _Batch:
+    """One update: the sorted changed keys and their values, walked by index ranges.
+
+    Each walk returns the slot's new child reference, None when the slot is
+    unchanged, or `_GONE` when it became empty; it records the node writes in
+    `puts` and the replaced nodes in `stale`. A leaf that only moves (a new key
+    splits its slot, or its sibling is deleted and it moves up) is not
+    rewritten: leaves are stored by hash and version, not by position.
+    """
+
+    __slots__ = ("keys", "puts", "stale", "tree", "vals", "ver8")
+
+    def __init__(
+        self, tree: StateTree, keys: list[bytes], vals: list[bytes | None], version: int
+    ) -> None:
+        self.tree = tree
+        self.keys = keys
+        self.vals = vals
+        self.ver8 = _U64.pack(version)
+        self.puts: dict[bytes, bytes] = {}
+        self.stale: list[bytes] = []
+
+    def node(self, pos: bytes, depth: int, ver8: bytes, lo: int, hi: int) -> Any:
+        """Apply keys[lo:hi] under the internal node at `pos` (version `ver8`)."""
+        raw = self.tree._internal(pos, ver8, False)
+        bitmap, leafmask, vbase = _node_parts(raw)
+        keys = self.keys
+        bi, odd = depth >> 1, depth & 1
+        changes: list[tuple[int, Any]] = []
+        i = lo
+        while i < hi:
+            b = keys[i][bi]
+            if odd:
+                n, limit = b & 15, b + 1
+            else:
+                n, limit = b >> 4, (b | 15) + 1
+            j = _group_end(keys, i, hi, bi, limit)
+            bit = 1 << n
+            if bitmap & bit:
+                idx = (bitmap & (bit - 1)).bit_count()
+                cver = raw[vbase + 8 * idx : vbase + 8 * idx + 8]
+                if leafmask & bit:
+                    new = self.leaf_slot(raw[4 + 32 * idx : 36 + 32 * idx], cver, depth + 1, i, j)
+                else:
+                    new = self.node(_position(depth + 1, keys[i]), depth + 1, cver, i, j)
+            else:
+                new = self.empty_slot(depth + 1, i, j)
+            if new is not None:
+                changes.append((bit, new))
+            i = j
+        if not changes:
+            return None
+        self.stale.append(pos + ver8)
+        return self.rewrite(pos, raw, bitmap, leafmask, vbase, changes)
+
+    def rewrite(
+        self, pos: bytes, raw: bytes, bitmap: int, leafmask: int, vbase: int,
+        changes: list[tuple[int, Any]],
+    ) -> Any:  # fmt: skip
+        """The node at `pos` with `changes` (bit, new child or `_GONE`) applied."""
+        if all(c is not _GONE and bitmap & bit for bit, c in changes):
+            # same shape: patch the changed children's hashes and versions in place
+            buf = bytearray(raw)
+            for bit, c in changes:
+                idx = (bitmap & (bit - 1)).bit_count()
+                buf[4 + 32 * idx : 36 + 32 * idx] = c[0]
+                buf[vbase + 8 * idx : vbase + 8 * idx + 8] = c[1]
+                leafmask = leafmask | bit if c[2] else leafmask & ~bit
+            if vbase == 36 and leafmask:  # a lone child that is now a leaf moves up
+                return changes[0][1]
+            buf[2] = leafmask >> 8
+            buf[3] = leafmask & 0xFF
+            out = bytes(buf)
+            self.puts[pos + self.ver8] = out
+            return _sha256(b"\x01" + out[:2] + out[4:vbase]).digest(), self.ver8, False
+        new_of = dict(changes)
         new_bm = bitmap
-        for n, c in changes.items():
-            new_bm = new_bm & ~(1 << n) if c is None else new_bm | (1 << n)
+        for bit, c in changes:
+            new_bm = new_bm & ~bit if c is _GONE else new_bm | bit
         hashes: list[bytes] = []
         versions: list[bytes] = []
         new_lm = 0
-        vbase = 4 + 32 * k
         rest = new_bm
         while rest:  # only the children present afterwards, in nibble order
-            low = rest & -rest
-            rest ^= low
-            n = low.bit_length() - 1
-            if n not in changes:
-                j = (bitmap & (low - 1)).bit_count()
-                new_lm |= leafmask & low
-                hashes.append(raw[4 + 32 * j : 36 + 32 * j])
-                versions.append(raw[vbase + 8 * j : vbase + 8 * j + 8])
+            bit = rest & -rest
+            rest ^= bit
+            c = new_of.get(bit)
+            if c is None:
+                idx = (bitmap & (bit - 1)).bit_count()
+                new_lm |= leafmask & bit
+                hashes.append(raw[4 + 32 * idx : 36 + 32 * idx])
+                versions.append(raw[vbase + 8 * idx : vbase + 8 * idx + 8])
             else:
-                c = changes[n]
-                assert c is not None
                 if c[2]:
-                    new_lm |= low
+                    new_lm |= bit
                 hashes.append(c[0])
-                versions.append(_U64.pack(c[1]))
+                versions.append(c[1])
         if not hashes:
-            return None
-        if len(hashes) == 1 and new_lm:
-            # a lone leaf moves up (leaves are stored by hash, not position)
-            return NodeRef(hashes[0], _U64.unpack(versions[0])[0], True)
-        hs = b"".join(hashes)
-        bm = _U16.pack(new_bm)
-        h = _sha256(b"\x01" + bm + hs).digest()
-        puts[internal_key(depth, khash0, version)] = (
-            bm + _U16.pack(new_lm) + hs + b"".join(versions)
-        )
-        return NodeRef(h, version, False)
+            return _GONE
+        if len(hashes) == 1 and new_lm:  # a lone leaf moves up
+            return hashes[0], versions[0], True
+        out, h = _encode_node(new_bm, new_lm, hashes, versions)
+        self.puts[pos + self.ver8] = out
+        return h, self.ver8, False
 
-    def _update_leaf(
-        self,
-        ref: NodeRef,
-        depth: int,
-        items: list[tuple[bytes, bytes | None]],
-        version: int,
-        puts: dict[bytes, bytes],
-        stale: list[bytes],
-    ) -> NodeRef | None:
-        khash, vhash = self._leaf(ref)
-        if len(items) == 1 and items[0][0] == khash:  # the common case: this key changes
-            new_v = items[0][1]
-            if new_v == vhash:
-                return ref
-            stale.append(leaf_key(ref.hash, ref.version))
-            if new_v is None:
+    def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:
+        h = _sha256(b"\x00" + khash + vhash).digest()
+        self.puts[LEAF_PREFIX + h + self.ver8] = khash + vhash
+        return h, self.ver8, True
+
+    def empty_slot(self, depth: int, lo: int, hi: int) -> Any:
+        """Apply keys[lo:hi] to an empty slot at `depth` (deletes of absent keys do nothing)."""
+        keys, vals = self.keys, self.vals
+        if hi - lo == 1:
+            v = vals[lo]
+            return None if v is None else self.new_leaf(keys[lo], v)
+        refs = [
+            (keys[t], self.new_leaf(keys[t], v))
+            for t in range(lo, hi)
+            if (v := vals[t]) is not None
+        ]
+        if not refs:
+            return None
+        return refs[0][1] if len(refs) == 1 else self.build(depth, refs)
+
+    def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
+        """Apply keys[lo:hi] to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
+        lkey, lval = self.tree._leaf(lhash, lver8)
+        keys, vals = self.keys, self.vals
+        if hi - lo == 1:  # the common cases: one key changes, or a new key splits the slot
+            k, v = keys[lo], vals[lo]
+            if k == lkey:
+                if v == lval:
+                    return None
+                self.stale.append(LEAF_PREFIX + lhash + lver8)
+                return _GONE if v is None else self.new_leaf(k, v)
+            if v is None:
                 return None
-            h = leaf_hash(khash, new_v)
-            puts[leaf_key(h, version)] = khash + new_v
-            return NodeRef(h, version, True)
-        merged = dict(items)
-        if khash in merged:
-            if len(items) == 1 and merged[khash] == vhash:
-                return ref
-        else:
-            merged[khash] = vhash
-        live = sorted((k, v) for k, v in merged.items() if v is not None)
-        if live == [(khash, vhash)]:
-            return ref
-        stale.append(leaf_key(ref.hash, ref.version))
-        return self._build(depth, live, version, puts)
-
-    def _build(
-        self,
-        depth: int,
-        items: list[tuple[bytes, bytes]],
-        version: int,
-        puts: dict[bytes, bytes],
-    ) -> NodeRef | None:
-        if not items:
+            new = self.new_leaf(k, v)
+            old = (lhash, lver8, True)
+            return self.build(
+                depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)]
+            )
+        refs: list[tuple[bytes, _Ref]] = []
+        kept = True  # the old leaf stays as it is
+        placed = False
+        for t in range(lo, hi):
+            k, v = keys[t], vals[t]
+            if not placed and k >= lkey:
+                placed = True
+                if k == lkey:
+                    kept = v == lval
+                    if not kept:
+                        if v is not None:
+                            refs.append((k, self.new_leaf(k, v)))
+                        continue
+                refs.append((lkey, (lhash, lver8, True)))
+                if k == lkey:
+                    continue
+            if v is not None:
+                refs.append((k, self.new_leaf(k, v)))
+        if not placed:
+            refs.append((lkey, (lhash, lver8, True)))
+        if kept and len(refs) == 1:
             return None
-        if len(items) == 1:
-            k, v = items[0]
-            h = leaf_hash(k, v)
-            puts[leaf_key(h, version)] = k + v
-            return NodeRef(h, version, True)
+        if not kept:
+            self.stale.append(LEAF_PREFIX + lhash + lver8)
+        if not refs:
+            return _GONE
+        return refs[0][1] if len(refs) == 1 else self.build(depth, refs)
+
+    def build(self, depth: int, refs: list[tuple[bytes, _Ref]]) -> _Ref:
+        """A new internal node at `depth` over >= 2 leaves (key, ref), sorted by key."""
         if depth >= NIBBLES:
             raise TreeError("two distinct keys share all 64 nibbles")
-        children: list[NodeRef | None] = [None] * 16
-        for n, group in _groups(items, depth):
-            children[n] = self._build(depth + 1, group, version, puts)
-        raw, h = _encode_internal(children)
-        puts[internal_key(depth, items[0][0], version)] = raw
-        return NodeRef(h, version, False)
+        bi, odd = depth >> 1, depth & 1
+        bitmap = leafmask = 0
+        hashes: list[bytes] = []
+        versions: list[bytes] = []
+        i, m = 0, len(refs)
+        while i < m:
+            b = refs[i][0][bi]
+            n, limit = (b & 15, b + 1) if odd else (b >> 4, (b | 15) + 1)
+            j = i + 1
+            while j < m and refs[j][0][bi] < limit:
+                j += 1
+            c = refs[i][1] if j - i == 1 else self.build(depth + 1, refs[i:j])
+            bitmap |= 1 << n
+            if c[2]:
+                leafmask |= 1 << n
+            hashes.append(c[0])
+            versions.append(c[1])
+            i = j
+        out, h = _encode_node(bitmap, leafmask, hashes, versions)
+        self.puts[_position(depth, refs[0][0]) + self.ver8] = out
+        return h, self.ver8, False
 
 
-def _decode_leaf(raw: bytes) -> tuple[bytes, bytes]:
-    if len(raw) != 64:
-        raise TreeError("malformed state tree leaf")
-    return (bytes(raw[:32]), bytes(raw[32:]))
-
-
-def _groups(items: list[Any], depth: int) -> list[tuple[int, list[Any]]]:
-    """Split sorted items by their nibble at `depth` (stays sorted)."""
-    out: list[tuple[int, list[Any]]] = []
-    cur = -1
-    i, odd = depth >> 1, depth & 1
-    for item in items:
-        b = item[0][i]
-        n = (b & 0x0F) if odd else (b >> 4)
-        if n != cur:
-            out.append((n, [item]))
-            cur = n
-        else:
-            out[-1][1].append(item)
-    return out
+def _group_end(keys: list[bytes], i: int, hi: int, bi: int, limit: int) -> int:
+    """End of the run of keys[i:hi] whose byte `bi` is below `limit` (keys sorted)."""
+    if limit > 255:
+        return hi
+    if hi - i > 8:  # a long range (top levels): binary search
+        return bisect_left(keys, keys[i][:bi] + _BYTE[limit], i + 1, hi)
+    j = i + 1
+    while j < hi and keys[j][bi] < limit:
+        j += 1
+    return j
 
 
 # -- verification ------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import struct
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +18,12 @@ from storage.state_tree import (
     Update,
     decode_root,
     encode_root,
+    internal_hash,
+    internal_key,
     key_hash,
+    leaf_hash,
+    leaf_key,
+    nibble,
     verify,
 )
 
@@ -141,3 +149,227 @@ def test_pruning_stale_nodes_keeps_latest_tree_whole() -> None:
     for k in keys:
         assert b.tree.get(b.root, k) is not None
         assert verify(root, k, b.tree.get(b.root, k), b.tree.prove(b.root, k))
+
+
+# -- the optimized update against a straightforward reference ----------------------
+
+
+def reference_update(
+    get: Callable[[bytes], bytes | None],
+    root: NodeRef | None,
+    changes: dict[bytes, bytes | None],
+    version: int,
+) -> Update:
+    """The same update, written plainly: decode every node, split key sets per nibble.
+
+    Same contract as `StateTree.update`: a node a change reaches is rewritten at
+    `version` and its old key is stale; a leaf that only moves (split below a
+    new internal node, or moved up when its siblings go) keeps its stored key.
+    """
+    puts: dict[bytes, bytes] = {}
+    stale: list[bytes] = []
+
+    def new_leaf(k: bytes, v: bytes) -> NodeRef:
+        h = leaf_hash(k, v)
+        puts[leaf_key(h, version)] = k + v
+        return NodeRef(h, version, True)
+
+    def write(depth: int, khash: bytes, children: list[NodeRef | None]) -> NodeRef:
+        present = [(n, c) for n, c in enumerate(children) if c is not None]
+        bitmap = sum(1 << n for n, _ in present)
+        leafmask = sum(1 << n for n, c in present if c.is_leaf)
+        raw = struct.pack(">HH", bitmap, leafmask) + b"".join(c.hash for _, c in present)
+        raw += b"".join(struct.pack(">Q", c.version) for _, c in present)
+        puts[internal_key(depth, khash, version)] = raw
+        return NodeRef(internal_hash(bitmap, [c.hash for _, c in present]), version, False)
+
+    def build(depth: int, leaves: list[tuple[bytes, NodeRef]]) -> NodeRef | None:
+        if not leaves:
+            return None
+        if len(leaves) == 1:
+            return leaves[0][1]
+        children: list[NodeRef | None] = [None] * 16
+        for n in range(16):
+            children[n] = build(depth + 1, [e for e in leaves if nibble(e[0], depth) == n])
+        return write(depth, leaves[0][0], children)
+
+    def decode(depth: int, khash: bytes, ref: NodeRef) -> list[NodeRef | None]:
+        raw = get(internal_key(depth, khash, ref.version))
+        assert raw is not None
+        bitmap, leafmask = struct.unpack_from(">HH", raw)
+        k = bin(bitmap).count("1")
+        children: list[NodeRef | None] = [None] * 16
+        j = 0
+        for n in range(16):
+            if bitmap >> n & 1:
+                h = raw[4 + 32 * j : 36 + 32 * j]
+                (v,) = struct.unpack_from(">Q", raw, 4 + 32 * k + 8 * j)
+                children[n] = NodeRef(h, v, bool(leafmask >> n & 1))
+                j += 1
+        return children
+
+    def upd(ref: NodeRef | None, depth: int, items: dict[bytes, bytes | None]) -> NodeRef | None:
+        if ref is None:
+            return build(depth, [(k, new_leaf(k, v)) for k, v in sorted(items.items()) if v])
+        if ref.is_leaf:
+            raw = get(leaf_key(ref.hash, ref.version))
+            assert raw is not None
+            lk, lv = raw[:32], raw[32:]
+            if all(k == lk and v == lv for k, v in items.items() if k == lk or v is not None):
+                return ref  # only the leaf's own value again, or deletes of absent keys
+            leaves = {lk: ref}
+            if lk in items and items[lk] != lv:
+                stale.append(leaf_key(ref.hash, ref.version))
+                del leaves[lk]
+            for k, v in items.items():
+                if v is not None and not (k == lk and v == lv):
+                    leaves[k] = new_leaf(k, v)
+            return build(depth, sorted(leaves.items()))
+        khash = next(iter(items))
+        children = decode(depth, khash, ref)
+        new = list(children)
+        for n in range(16):
+            group = {k: v for k, v in items.items() if nibble(k, depth) == n}
+            if group:
+                new[n] = upd(children[n], depth + 1, group)
+        if new == children:
+            return ref
+        stale.append(internal_key(depth, khash, ref.version))
+        present = [c for c in new if c is not None]
+        if not present:
+            return None
+        if len(present) == 1 and present[0].is_leaf:
+            return present[0]
+        return write(depth, khash, new)
+
+    new_root = upd(root, 0, dict(changes)) if changes else root
+    return Update(new_root, puts, stale)
+
+
+def test_roots_are_those_of_existing_chains() -> None:
+    """Roots pinned from the first implementation: hashes must never change (old chains)."""
+    golden = [
+        "c088cd705979b7d097b45be945bdbd76eab9b5c55a082db4760991a15fe7048b",
+        "1b8f314a451f5cf30b3d15826b4a459bbd96c6d777f2adee36b39e2d62d827d7",
+        "303246db9f0d2a56040102d0bd819174626d79e51ec2dbf231e6f844564acbff",
+    ]
+    batches: list[dict[bytes, bytes | None]] = [
+        {key_hash(str(i).encode()): vh(str(i).encode()) for i in range(300)},
+        {
+            key_hash(str(i).encode()): None if i % 3 == 0 else vh(b"x%d" % i)
+            for i in range(0, 400, 7)
+        },
+        {key_hash(str(i).encode()): None for i in range(300)},
+    ]
+    for update in (StateTree.update, None):
+        db: dict[bytes, bytes] = {}
+        tree = StateTree(db.get)
+        root = None
+        for version, (changes, want) in enumerate(zip(batches, golden, strict=True), 1):
+            if update is None:
+                up = reference_update(db.get, root, changes, version)
+            else:
+                up = update(tree, root, changes, version)
+            assert up.root_hash.hex() == want
+            db.update(up.puts)
+            root = up.root
+
+
+def deep_key(rng: random.Random) -> bytes:
+    """A key sharing a long prefix with others: exercises chains of one-child nodes."""
+    return bytes([rng.choice((0x00, 0x01, 0x10))]) + bytes(30) + bytes([rng.randrange(4)])
+
+
+def key_pool(rng: random.Random, size: int) -> list[bytes]:
+    pool = {key_hash(b"%d" % rng.randrange(10**9)) for _ in range(size)}
+    pool |= {deep_key(rng) for _ in range(size // 4)}
+    return sorted(pool)
+
+
+def check_against_reference(
+    rng: random.Random, pool: list[bytes], batches: int, batch_max: int, cache_nodes_max: int
+) -> None:
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get, cache_nodes_max=cache_nodes_max)
+    root: NodeRef | None = None
+    state: dict[bytes, bytes] = {}
+    for version in range(1, batches + 1):
+        changes: dict[bytes, bytes | None] = {}
+        kind = rng.random()
+        if kind < 0.1 and state:  # delete everything: the tree becomes empty
+            changes = dict.fromkeys(state)
+        else:
+            for _ in range(rng.randrange(1, batch_max + 1)):
+                k = rng.choice(pool)
+                r = rng.random()
+                if r < 0.3:
+                    changes[k] = None  # delete (present or absent)
+                elif r < 0.4 and k in state:
+                    changes[k] = state[k]  # same value again
+                else:
+                    changes[k] = vh(b"%d" % rng.randrange(10**9))
+        want = reference_update(db.get, root, changes, version)
+        got = tree.update(root, changes, version)
+        assert got.root == want.root
+        assert got.puts == want.puts
+        assert sorted(got.stale) == sorted(want.stale)
+        assert len(set(got.stale)) == len(got.stale)
+        db.update(got.puts)
+        if rng.random() < 0.8:
+            tree.committed(got)
+        root = got.root
+        for k, v in changes.items():
+            if v is None:
+                state.pop(k, None)
+            else:
+                state[k] = v
+        assert got.root_hash == fresh_root(state)
+    root_hash = EMPTY_ROOT if root is None else root.hash
+    for k in [*pool[:50], key_hash(b"absent")]:
+        assert verify(root_hash, k, state.get(k), tree.prove(root, k))
+
+
+def test_update_matches_reference_small_batches_tiny_cache() -> None:
+    for seed in range(40):
+        rng = random.Random(seed)
+        check_against_reference(rng, key_pool(rng, 12), 8, 6, cache_nodes_max=3)
+
+
+def test_update_matches_reference_single_key_trees() -> None:
+    for seed in range(30):
+        rng = random.Random(1000 + seed)
+        check_against_reference(rng, key_pool(rng, 2), 10, 2, cache_nodes_max=50)
+
+
+def test_update_matches_reference_large_batches() -> None:
+    rng = random.Random(2024)
+    check_against_reference(rng, key_pool(rng, 3000), 6, 1500, cache_nodes_max=300)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=2)), min_size=1
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_update_matches_reference_hypothesis(batches: list[dict[int, bytes | None]]) -> None:
+    pool = key_pool(random.Random(5), 40)
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get, cache_nodes_max=8)
+    root: NodeRef | None = None
+    for version, batch in enumerate(batches, 1):
+        changes = {pool[i % len(pool)]: None if v is None else vh(v) for i, v in batch.items()}
+        want = reference_update(db.get, root, changes, version)
+        got = tree.update(root, changes, version)
+        assert (got.root, got.puts, sorted(got.stale)) == (
+            want.root,
+            want.puts,
+            sorted(want.stale),
+        )
+        db.update(got.puts)
+        tree.committed(got)
+        root = got.root
