@@ -50,7 +50,10 @@ TX_GOSSIP_BATCH_MAX = 2000
 TX_GOSSIP_INTERVAL_S = 0.005
 TX_GOSSIP_QUEUE_MAX = 200_000
 BLOCK_SUBSCRIBERS_MAX = 64
-BLOCK_SUBSCRIBER_QUEUE_MAX = 256
+BLOCK_SUBSCRIBER_QUEUE_MAX = 32  # blocks of up to ~1.5 MB each; a slower client is dropped
+TX_IN_QUEUED_MAX = 40_000  # gossiped txs waiting for admission (~14 MB); more are dropped
+TX_IN_BATCHES_MAX = 4096
+READY_LAG_BLOCKS_MAX = 32  # /ready fails when catching up from further behind than this
 EVIDENCE_KEPT_MAX = 1000
 WAITERS_MAX = 100_000
 ROUTE_DRAIN_MAX = 1024
@@ -158,7 +161,10 @@ class Node:
         self._evidence: list[Evidence] = []
         self._gossip_out: list[bytes] = []
         self._gossip_wakeup = trio.Event()
-        self._tx_in_send, self._tx_in = trio.open_memory_channel[tuple[bytes, list[bytes]]](256)
+        self._tx_in_send, self._tx_in = trio.open_memory_channel[tuple[bytes, list[bytes]]](
+            TX_IN_BATCHES_MAX
+        )
+        self._tx_in_queued = 0  # transactions in _tx_in (the memory bound is on these)
         self._last_commit_at: float | None = None
         self._last_view = self.replica.view
         self.txs_committed = self.app.tx_count()
@@ -293,10 +299,16 @@ class Node:
             except DecodeError:
                 self._count_bad("tx_gossip")
                 return
+            # A dropped batch costs nothing but time: its txs arrive again inside the proposal.
+            if self._tx_in_queued + len(txs) > TX_IN_QUEUED_MAX:
+                self._count_bad("tx_gossip_overflow")
+                return
             try:
                 self._tx_in_send.send_nowait((item.peer, txs))
             except trio.WouldBlock:
                 self._count_bad("tx_gossip_overflow")
+                return
+            self._tx_in_queued += len(txs)
             return
         if item.channel not in (Channel.CONSENSUS, Channel.SYNC):
             self._count_bad("unexpected_channel")
@@ -504,6 +516,7 @@ class Node:
 
     async def _admit_gossiped_txs(self) -> None:
         async for _peer, txs in self._tx_in:
+            self._tx_in_queued -= len(txs)
             await self._admit_many(txs)
 
     async def _admit_many(self, txs: list[bytes]) -> list[Any]:
@@ -560,9 +573,22 @@ class Node:
         vals = set(self.replica_validators())
         return sum(1 for p in self.network.connected() if p.node_id in vals)
 
+    def _blocks_behind(self) -> int:
+        """How far f+1 validators' reported heights are ahead of this node's commits."""
+        r = self.replica
+        return max(0, int(getattr(r, "catchup_target", 0)) - int(r.committed_height))
+
     def readiness(self) -> tuple[bool, str]:
-        if self._catching_up():
-            return False, "catching up with peers"
+        """Ready: connected to a quorum and at most READY_LAG_BLOCKS_MAX blocks behind.
+
+        A node a few blocks behind while it fetches them is still serving a
+        current chain; flagging it would make /ready flap on a busy chain of
+        small blocks, where a correct node often trails by more than the
+        pipeline depth for a moment (which is when the replica starts a fetch).
+        """
+        behind = self._blocks_behind()
+        if self._catching_up() and behind > READY_LAG_BLOCKS_MAX:
+            return False, f"catching up with peers ({behind} blocks behind)"
         vals = self.replica_validators()
         quorum = (len(vals) + (len(vals) - 1) // 3) // 2 + 1
         have = self._connected_validators() + (1 if self.node_id in vals else 0)
@@ -584,6 +610,7 @@ class Node:
             "last_block_hash": head.block.hash().hex() if head else self.genesis.hash().hex(),
             "last_block_time_ms": head.block.header.timestamp_ms if head else None,
             "catching_up": self._catching_up(),
+            "blocks_behind": self._blocks_behind(),
             "peers": len(self.network.connected()),
             "validators": len(vals),
             "is_validator": self.node_id in vals,
