@@ -36,7 +36,7 @@ import struct
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from consensus import codec
@@ -48,6 +48,7 @@ LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
 NODE_CACHE_MAX = 32_768  # the top four levels of a 16-ary tree are 4,369 nodes; ~600 B each
+CACHE_DEPTH_MAX = 5  # nodes below depth 4 are cached only when read (one block's writes scatter)
 PROOF_LEVELS_MAX = NIBBLES
 
 _sha256 = hashlib.sha256
@@ -79,6 +80,8 @@ class Update:
     root: NodeRef | None
     puts: dict[bytes, bytes]
     stale: list[bytes]
+    # internal nodes written at the cached depths: (position, (version, bytes))
+    nodes: list[tuple[bytes, tuple[bytes, bytes]]] = field(default_factory=list, repr=False)
 
     @property
     def root_hash(self) -> bytes:
@@ -242,16 +245,6 @@ def _node_parts(raw: bytes) -> tuple[int, int, int]:
     return bitmap, raw[2] << 8 | raw[3], 4 + 32 * k
 
 
-def _encode_node(
-    bitmap: int, leafmask: int, hashes: list[bytes], versions: list[bytes]
-) -> tuple[bytes, bytes]:
-    """(stored bytes, hash) of an internal node from its present children, in nibble order."""
-    hs = b"".join(hashes)
-    bm = _BYTE[bitmap >> 8] + _BYTE[bitmap & 0xFF]
-    raw = bm + _BYTE[leafmask >> 8] + _BYTE[leafmask & 0xFF] + hs + b"".join(versions)
-    return raw, _sha256(b"\x01" + bm + hs).digest()
-
-
 class StateTree:
     """Reads and updates the tree; see the module docstring. Not thread-safe for updates.
 
@@ -302,14 +295,15 @@ class StateTree:
                 cache.popitem(last=False)
 
     def committed(self, update: Update) -> None:
-        """Cache the internal nodes of an update that has been written (optional; speeds reads)."""
+        """Cache the internal nodes of an update that has been written (optional; speeds reads).
+
+        Only an update that was written: a cached node is trusted as stored.
+        """
         cache = self._cache
         move = cache.move_to_end
-        for key, raw in update.puts.items():
-            if key.startswith(INTERNAL_PREFIX):
-                pos = key[:-8]
-                cache[pos] = (key[-8:], raw)
-                move(pos)
+        for pos, entry in update.nodes:
+            cache[pos] = entry
+            move(pos)
         if len(cache) > self._cache_max:
             pop = cache.popitem
             for _ in range(len(cache) - self._cache_max):
@@ -359,19 +353,23 @@ class StateTree:
         items = sorted(changes.items())
         batch = _Batch(self, [kv[0] for kv in items], [kv[1] for kv in items], version)
         n = len(items)
-        if root is None:
-            new = batch.empty_slot(0, 0, n)
-        elif root.is_leaf:
-            new = batch.leaf_slot(root.hash, _U64.pack(root.version), 0, 0, n)
+        kind = 0 if root is None else 1 if root.is_leaf else 2
+        rhash, rver = (b"", b"") if root is None else (root.hash, _U64.pack(root.version))
+        if n == 1:
+            new = batch.one(0, rhash, rver, kind, 0)
+        elif kind == 2:
+            new = batch.node(_POS_HEAD[0], 0, rver, 0, n)
+        elif kind == 1:
+            new = batch.leaf_slot(rhash, rver, 0, 0, n)
         else:
-            new = batch.node(_POS_HEAD[0], 0, _U64.pack(root.version), 0, n)
+            new = batch.empty_slot(0, 0, n)
         if new is None:
             new_root = root
         elif new is _GONE:
             new_root = None
         else:
             new_root = NodeRef(new[0], _U64.unpack(new[1])[0], new[2])
-        return Update(new_root, batch.puts, batch.stale)
+        return Update(new_root, batch.puts, batch.stale, batch.nodes)
 
 
 class _Batch:
@@ -379,27 +377,42 @@ class _Batch:
 
     Each walk returns the slot's new child reference, None when the slot is
     unchanged, or `_GONE` when it became empty; it records the node writes in
-    `puts` and the replaced nodes in `stale`. A leaf that only moves (a new key
-    splits its slot, or its sibling is deleted and it moves up) is not
-    rewritten: leaves are stored by hash and version, not by position.
+    `puts`, the replaced nodes in `stale`, and the internal nodes written at
+    the cached depths in `nodes` (for `StateTree.committed`). A leaf that only
+    moves (a new key splits its slot, or its siblings go and it moves up) is
+    not rewritten: leaves are stored by hash and version, not by position.
+
+    Below the top levels most nodes lie on one changed key's path only: `one`
+    walks such a path down in a loop, and `patch` re-encodes each node on the
+    way back up by slicing its stored bytes around the one changed child.
     """
 
-    __slots__ = ("keys", "puts", "stale", "tree", "vals", "ver8")
+    __slots__ = ("cache", "keys", "nodes", "puts", "stale", "tree", "vals", "ver8")
 
     def __init__(
         self, tree: StateTree, keys: list[bytes], vals: list[bytes | None], version: int
     ) -> None:
         self.tree = tree
+        self.cache = tree._cache
         self.keys = keys
         self.vals = vals
         self.ver8 = _U64.pack(version)
         self.puts: dict[bytes, bytes] = {}
         self.stale: list[bytes] = []
+        self.nodes: list[tuple[bytes, tuple[bytes, bytes]]] = []
+
+    def raw(self, pos: bytes, ver8: bytes) -> bytes:
+        entry = self.cache.get(pos)
+        if entry is not None and entry[0] == ver8:
+            return entry[1]
+        return self.tree._internal(pos, ver8, False)
 
     def node(self, pos: bytes, depth: int, ver8: bytes, lo: int, hi: int) -> Any:
-        """Apply keys[lo:hi] under the internal node at `pos` (version `ver8`)."""
-        raw = self.tree._internal(pos, ver8, False)
-        bitmap, leafmask, vbase = _node_parts(raw)
+        """Apply keys[lo:hi] (two or more) under the internal node at `pos` (version `ver8`)."""
+        raw = self.raw(pos, ver8)
+        bitmap = raw[0] << 8 | raw[1]
+        leafmask = raw[2] << 8 | raw[3]
+        vbase = 4 + 32 * bitmap.bit_count()
         keys = self.keys
         bi, odd = depth >> 1, depth & 1
         changes: list[tuple[int, Any]] = []
@@ -414,11 +427,18 @@ class _Batch:
             bit = 1 << n
             if bitmap & bit:
                 idx = (bitmap & (bit - 1)).bit_count()
+                chash = raw[4 + 32 * idx : 36 + 32 * idx]
                 cver = raw[vbase + 8 * idx : vbase + 8 * idx + 8]
-                if leafmask & bit:
-                    new = self.leaf_slot(raw[4 + 32 * idx : 36 + 32 * idx], cver, depth + 1, i, j)
-                else:
-                    new = self.node(_position(depth + 1, keys[i]), depth + 1, cver, i, j)
+                kind = 1 if leafmask & bit else 2
+            else:
+                chash = cver = b""
+                kind = 0
+            if j - i == 1:
+                new = self.one(depth + 1, chash, cver, kind, i)
+            elif kind == 2:
+                new = self.node(_position(depth + 1, keys[i]), depth + 1, cver, i, j)
+            elif kind == 1:
+                new = self.leaf_slot(chash, cver, depth + 1, i, j)
             else:
                 new = self.empty_slot(depth + 1, i, j)
             if new is not None:
@@ -427,27 +447,114 @@ class _Batch:
         if not changes:
             return None
         self.stale.append(pos + ver8)
-        return self.rewrite(pos, raw, bitmap, leafmask, vbase, changes)
+        if len(changes) == 1:
+            bit, new = changes[0]
+            return self.patch(pos, depth, raw, bitmap, leafmask, vbase, bit, new)
+        return self.rewrite(pos, depth, raw, bitmap, leafmask, vbase, changes)
+
+    def one(self, depth: int, chash: bytes, cver: bytes, kind: int, t: int) -> Any:
+        """Apply keys[t] alone to the slot at `depth` holding `kind` (0 empty, 1 leaf, 2 node)."""
+        k = self.keys[t]
+        path = []
+        while kind == 2:
+            pos = _position(depth, k)
+            raw = self.raw(pos, cver)
+            bitmap = raw[0] << 8 | raw[1]
+            leafmask = raw[2] << 8 | raw[3]
+            vbase = 4 + 32 * bitmap.bit_count()
+            b = k[depth >> 1]
+            bit = 1 << (b & 15 if depth & 1 else b >> 4)
+            path.append((pos, depth, cver, raw, bitmap, leafmask, vbase, bit))
+            if bitmap & bit:
+                idx = (bitmap & (bit - 1)).bit_count()
+                chash = raw[4 + 32 * idx : 36 + 32 * idx]
+                cver = raw[vbase + 8 * idx : vbase + 8 * idx + 8]
+                kind = 1 if leafmask & bit else 2
+            else:
+                kind = 0
+            depth += 1
+        v = self.vals[t]
+        if kind == 1:
+            new = self.leaf_one(chash, cver, depth, k, v)
+            if new is None:
+                return None
+        elif v is None:
+            return None  # deleting an absent key
+        else:
+            new = self.new_leaf(k, v)
+        stale = self.stale
+        for pos, depth, pver, raw, bitmap, leafmask, vbase, bit in reversed(path):
+            stale.append(pos + pver)
+            new = self.patch(pos, depth, raw, bitmap, leafmask, vbase, bit, new)
+        return new
+
+    def patch(
+        self, pos: bytes, depth: int, raw: bytes, bitmap: int, leafmask: int, vbase: int,
+        bit: int, new: Any,
+    ) -> Any:  # fmt: skip
+        """The node at `pos` with one child (`bit`) replaced, added or removed (`_GONE`)."""
+        idx = (bitmap & (bit - 1)).bit_count()
+        o, vo = 4 + 32 * idx, vbase + 8 * idx
+        if not bitmap & bit:  # a new child
+            bitmap |= bit
+            if new[2]:
+                leafmask |= bit
+            hpart = b"".join((raw[4:o], new[0], raw[o:vbase]))
+            vpart = b"".join((raw[vbase:vo], new[1], raw[vo:]))
+        elif new is _GONE:
+            bitmap ^= bit
+            leafmask &= ~bit
+            if not bitmap:
+                return _GONE
+            if not bitmap & (bitmap - 1) and leafmask:  # a lone leaf is left: it moves up
+                r = 0 if idx else 1
+                return raw[4 + 32 * r : 36 + 32 * r], raw[vbase + 8 * r : vbase + 8 * r + 8], True
+            hpart = raw[4:o] + raw[o + 32 : vbase]
+            vpart = raw[vbase:vo] + raw[vo + 8 :]
+        elif bitmap == bit and new[2]:  # its only child is now a leaf: it moves up
+            return new
+        elif new[2] == bool(leafmask & bit):  # same kind of child: splice in place
+            out = b"".join((raw[:o], new[0], raw[o + 32 : vo], new[1], raw[vo + 8 :]))
+            self.puts[pos + self.ver8] = out
+            if depth < CACHE_DEPTH_MAX:
+                self.nodes.append((pos, (self.ver8, out)))
+            pre = b"".join((b"\x01", raw[:2], raw[4:o], new[0], raw[o + 32 : vbase]))
+            return _sha256(pre).digest(), self.ver8, False
+        else:
+            leafmask ^= bit
+            hpart = b"".join((raw[4:o], new[0], raw[o + 32 : vbase]))
+            vpart = b"".join((raw[vbase:vo], new[1], raw[vo + 8 :]))
+        return self.put_node(pos, depth, bitmap, leafmask, hpart, vpart)
+
+    def put_node(
+        self, pos: bytes, depth: int, bitmap: int, leafmask: int, hpart: bytes, vpart: bytes
+    ) -> _Ref:
+        """Store an internal node (its children's hashes and versions, each joined)."""
+        bm = _U16.pack(bitmap)
+        out = b"".join((bm, _U16.pack(leafmask), hpart, vpart))
+        self.puts[pos + self.ver8] = out
+        if depth < CACHE_DEPTH_MAX:
+            self.nodes.append((pos, (self.ver8, out)))
+        return _sha256(b"".join((b"\x01", bm, hpart))).digest(), self.ver8, False
 
     def rewrite(
-        self, pos: bytes, raw: bytes, bitmap: int, leafmask: int, vbase: int,
+        self, pos: bytes, depth: int, raw: bytes, bitmap: int, leafmask: int, vbase: int,
         changes: list[tuple[int, Any]],
     ) -> Any:  # fmt: skip
         """The node at `pos` with `changes` (bit, new child or `_GONE`) applied."""
         if all(c is not _GONE and bitmap & bit for bit, c in changes):
-            # same shape: patch the changed children's hashes and versions in place
+            # same children present: overwrite the changed hashes and versions in a copy
             buf = bytearray(raw)
             for bit, c in changes:
                 idx = (bitmap & (bit - 1)).bit_count()
                 buf[4 + 32 * idx : 36 + 32 * idx] = c[0]
                 buf[vbase + 8 * idx : vbase + 8 * idx + 8] = c[1]
                 leafmask = leafmask | bit if c[2] else leafmask & ~bit
-            if vbase == 36 and leafmask:  # a lone child that is now a leaf moves up
-                return changes[0][1]
-            buf[2] = leafmask >> 8
-            buf[3] = leafmask & 0xFF
+            _U16.pack_into(buf, 2, leafmask)
             out = bytes(buf)
             self.puts[pos + self.ver8] = out
+            if depth < CACHE_DEPTH_MAX:
+                self.nodes.append((pos, (self.ver8, out)))
             return _sha256(b"\x01" + out[:2] + out[4:vbase]).digest(), self.ver8, False
         new_of = dict(changes)
         new_bm = bitmap
@@ -475,9 +582,7 @@ class _Batch:
             return _GONE
         if len(hashes) == 1 and new_lm:  # a lone leaf moves up
             return hashes[0], versions[0], True
-        out, h = _encode_node(new_bm, new_lm, hashes, versions)
-        self.puts[pos + self.ver8] = out
-        return h, self.ver8, False
+        return self.put_node(pos, depth, new_bm, new_lm, b"".join(hashes), b"".join(versions))
 
     def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:
         h = _sha256(b"\x00" + khash + vhash).digest()
@@ -485,38 +590,35 @@ class _Batch:
         return h, self.ver8, True
 
     def empty_slot(self, depth: int, lo: int, hi: int) -> Any:
-        """Apply keys[lo:hi] to an empty slot at `depth` (deletes of absent keys do nothing)."""
+        """Apply keys[lo:hi] (two or more) to an empty slot at `depth`."""
         keys, vals = self.keys, self.vals
-        if hi - lo == 1:
-            v = vals[lo]
-            return None if v is None else self.new_leaf(keys[lo], v)
         refs = [
             (keys[t], self.new_leaf(keys[t], v))
             for t in range(lo, hi)
             if (v := vals[t]) is not None
         ]
         if not refs:
-            return None
+            return None  # deletes of absent keys
         return refs[0][1] if len(refs) == 1 else self.build(depth, refs)
 
+    def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
+        """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
+        lkey, lval = self.tree._leaf(lhash, lver8)
+        if k == lkey:
+            if v == lval:
+                return None
+            self.stale.append(LEAF_PREFIX + lhash + lver8)
+            return _GONE if v is None else self.new_leaf(k, v)
+        if v is None:
+            return None
+        new = self.new_leaf(k, v)
+        old = (lhash, lver8, True)
+        return self.build(depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)])
+
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
-        """Apply keys[lo:hi] to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
+        """Apply keys[lo:hi] (two or more) to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
         lkey, lval = self.tree._leaf(lhash, lver8)
         keys, vals = self.keys, self.vals
-        if hi - lo == 1:  # the common cases: one key changes, or a new key splits the slot
-            k, v = keys[lo], vals[lo]
-            if k == lkey:
-                if v == lval:
-                    return None
-                self.stale.append(LEAF_PREFIX + lhash + lver8)
-                return _GONE if v is None else self.new_leaf(k, v)
-            if v is None:
-                return None
-            new = self.new_leaf(k, v)
-            old = (lhash, lver8, True)
-            return self.build(
-                depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)]
-            )
         refs: list[tuple[bytes, _Ref]] = []
         kept = True  # the old leaf stays as it is
         placed = False
@@ -567,9 +669,8 @@ class _Batch:
             hashes.append(c[0])
             versions.append(c[1])
             i = j
-        out, h = _encode_node(bitmap, leafmask, hashes, versions)
-        self.puts[_position(depth, refs[0][0]) + self.ver8] = out
-        return h, self.ver8, False
+        pos = _position(depth, refs[0][0])
+        return self.put_node(pos, depth, bitmap, leafmask, b"".join(hashes), b"".join(versions))
 
 
 def _group_end(keys: list[bytes], i: int, hi: int, bi: int, limit: int) -> int:
