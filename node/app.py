@@ -335,6 +335,10 @@ class Application:
                 _, old = self._verified.popitem(last=False)
                 self._verified_bytes -= _cache_size(old)
 
+    def is_verified(self, tx_hash: bytes) -> bool:
+        """Whether the transaction with this hash is in the verified cache."""
+        return tx_hash in self._verified
+
     def forget(self, tx_hashes: Sequence[bytes]) -> None:
         with self._lock:
             for h in tx_hashes:

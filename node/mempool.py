@@ -76,6 +76,8 @@ class Screened:
     results: list[Added | Rejected | None]
     checked: list[tuple[int, Checked, bytes]] = field(default_factory=list)  # index, checked, bytes
     items: list[VerifyItem] = field(default_factory=list)  # signatures to verify, same order
+    # positions in `checked` whose signature the application verified already (no item)
+    preverified: set[int] = field(default_factory=set)
 
 
 class Mempool:
@@ -157,25 +159,32 @@ class Mempool:
                 else:
                     batch.add(h)
                     batch_bytes += len(tx_bytes)
+                    if self.app.is_verified(h):  # e.g. checked in a proposal before its gossip
+                        screened.preverified.add(len(screened.checked))
+                    else:
+                        screened.items.append(self.app.signature_item(result.tx, tx_bytes))
                     screened.checked.append((i, result, tx_bytes))
-                    screened.items.append(self.app.signature_item(result.tx, tx_bytes))
             if problem is not None:
                 screened.results[i] = self._reject(problem)
         return screened
 
     def admit(self, screened: Screened, signatures_ok: Sequence[bool]) -> list[Added | Rejected]:
         """Second half of `add_many`: keep what verified (bounds re-checked now)."""
-        if len(signatures_ok) != len(screened.checked):
-            raise ValueError("one signature result per screened transaction is required")
+        if len(signatures_ok) != len(screened.items):
+            raise ValueError("one signature result per screened signature item is required")
         results = screened.results
         # `screen` looked each hash up at `screened.height`: only a commit since can change that
         moved = self.app.store.head_height() != screened.height
-        for (i, checked, tx_bytes), ok in zip(screened.checked, signatures_ok, strict=True):
-            if not ok:
-                bad = Rejected("bad_signature", "signature does not verify for the sender's key")
-                results[i] = self._reject(bad)
-                continue
-            self.app.signatures_checked += 1
+        oks = iter(signatures_ok)
+        for position, (i, checked, tx_bytes) in enumerate(screened.checked):
+            if position not in screened.preverified:
+                if not next(oks):
+                    bad = Rejected(
+                        "bad_signature", "signature does not verify for the sender's key"
+                    )
+                    results[i] = self._reject(bad)
+                    continue
+                self.app.signatures_checked += 1
             self.app.remember(checked)
             early = self._refuse_early(checked.tx_hash, len(tx_bytes))
             if early is None and moved and self.app.store.has_tx(checked.tx_hash):

@@ -398,3 +398,21 @@ def test_mass_expiry_with_heap_compaction(app: Application) -> None:
     assert pool.size == 75 and pool.pending == 75
     assert all(decode_tx(r).valid_until > 9 for r in pool.take(1000, 10**8))
     assert pool.evict_expired(14) == 75 and pool.size == 0 and pool.bytes == 0
+
+
+def test_transactions_checked_in_a_proposal_are_not_checked_again_at_admission(
+    app: Application,
+) -> None:
+    """A PRE-PREPARE can arrive before the gossip of its transactions: the node checks
+    them then (`verify_proposal`), and their gossip must not cost a second check."""
+    pool = Mempool(app, 100, 10**7, 100)
+    seen, bad = tx(1), bytearray(tx(2))
+    bad[-1] ^= 1  # the signature's last byte
+    assert app.verify_proposal([seen]) is None
+    screened = pool.screen([tx(0), seen, bytes(bad)], 0)
+    assert len(screened.checked) == 3 and len(screened.items) == 2  # only the unseen two
+    results = pool.admit(screened, [True, False])
+    assert isinstance(results[0], Added) and isinstance(results[1], Added)
+    assert code(results[2]) == "bad_signature"
+    with pytest.raises(ValueError, match="one signature result"):
+        pool.admit(pool.screen([tx(3), tx(4)], 0), [True])
