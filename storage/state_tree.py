@@ -449,50 +449,67 @@ class _Batch:
         self.stale.append(pos + ver8)
         if len(changes) == 1:
             bit, new = changes[0]
-            return self.patch(pos, depth, raw, bitmap, leafmask, vbase, bit, new)
+            return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
         return self.rewrite(pos, depth, raw, bitmap, leafmask, vbase, changes)
 
     def one(self, depth: int, chash: bytes, cver: bytes, kind: int, t: int) -> Any:
         """Apply keys[t] alone to the slot at `depth` holding `kind` (0 empty, 1 leaf, 2 node)."""
-        k = self.keys[t]
-        path = []
-        while kind == 2:
-            pos = _position(depth, k)
-            raw = self.raw(pos, cver)
-            bitmap = raw[0] << 8 | raw[1]
-            leafmask = raw[2] << 8 | raw[3]
-            vbase = 4 + 32 * bitmap.bit_count()
-            b = k[depth >> 1]
-            bit = 1 << (b & 15 if depth & 1 else b >> 4)
-            path.append((pos, depth, cver, raw, bitmap, leafmask, vbase, bit))
-            if bitmap & bit:
-                idx = (bitmap & (bit - 1)).bit_count()
-                chash = raw[4 + 32 * idx : 36 + 32 * idx]
-                cver = raw[vbase + 8 * idx : vbase + 8 * idx + 8]
-                kind = 1 if leafmask & bit else 2
-            else:
-                kind = 0
-            depth += 1
+        if kind == 2:
+            return self.down(depth, cver, self.keys[t], t)
         v = self.vals[t]
         if kind == 1:
-            new = self.leaf_one(chash, cver, depth, k, v)
+            return self.leaf_one(chash, cver, depth, self.keys[t], v)
+        return None if v is None else self.new_leaf(self.keys[t], v)
+
+    def down(self, depth: int, ver8: bytes, k: bytes, t: int) -> Any:
+        """Apply key `k` (keys[t]) alone under the internal node at `depth` on its path."""
+        bi = depth >> 1
+        if depth & 1:
+            pos = _POS_HEAD[depth] + k[:bi] + _HIGH[k[bi]]
+            bit = 1 << (k[bi] & 15)
+        else:
+            pos = _POS_HEAD[depth] + k[:bi]
+            bit = 1 << (k[bi] >> 4)
+        entry = self.cache.get(pos)
+        if entry is not None and entry[0] == ver8:
+            raw = entry[1]
+        else:
+            raw = self.tree._internal(pos, ver8, False)
+        bitmap = raw[0] << 8 | raw[1]
+        vbase = 4 + 32 * bitmap.bit_count()
+        if bitmap & bit:
+            o = 4 + 32 * (bitmap & (bit - 1)).bit_count()
+            vo = vbase + ((o - 4) >> 2)
+            if (raw[2] << 8 | raw[3]) & bit:
+                new = self.leaf_one(raw[o : o + 32], raw[vo : vo + 8], depth + 1, k, self.vals[t])
+                same_kind = new is not None and new is not _GONE and new[2]
+            else:
+                new = self.down(depth + 1, raw[vo : vo + 8], k, t)
+                same_kind = new is not None and new is not _GONE and not new[2]
             if new is None:
                 return None
-        elif v is None:
-            return None  # deleting an absent key
+            if same_kind:  # the common case: splice the child's new hash and version in
+                self.stale.append(pos + ver8)
+                h, ver8 = new[0], self.ver8
+                out = b"".join((raw[:o], h, raw[o + 32 : vo], new[1], raw[vo + 8 :]))
+                self.puts[pos + ver8] = out
+                if depth < CACHE_DEPTH_MAX:
+                    self.nodes.append((pos, (ver8, out)))
+                pre = b"".join((b"\x01", raw[:2], raw[4:o], h, raw[o + 32 : vbase]))
+                return _sha256(pre).digest(), ver8, False
         else:
+            v = self.vals[t]
+            if v is None:
+                return None  # deleting an absent key
             new = self.new_leaf(k, v)
-        stale = self.stale
-        for pos, depth, pver, raw, bitmap, leafmask, vbase, bit in reversed(path):
-            stale.append(pos + pver)
-            new = self.patch(pos, depth, raw, bitmap, leafmask, vbase, bit, new)
-        return new
+        self.stale.append(pos + ver8)
+        return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
 
     def patch(
-        self, pos: bytes, depth: int, raw: bytes, bitmap: int, leafmask: int, vbase: int,
-        bit: int, new: Any,
-    ) -> Any:  # fmt: skip
+        self, pos: bytes, depth: int, raw: bytes, bitmap: int, vbase: int, bit: int, new: Any
+    ) -> Any:
         """The node at `pos` with one child (`bit`) replaced, added or removed (`_GONE`)."""
+        leafmask = raw[2] << 8 | raw[3]
         idx = (bitmap & (bit - 1)).bit_count()
         o, vo = 4 + 32 * idx, vbase + 8 * idx
         if not bitmap & bit:  # a new child
