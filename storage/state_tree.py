@@ -272,7 +272,8 @@ class StateTree:
         raw = self._get(pos + ver8)
         if raw is None:
             raise TreeError(f"state tree node {pos + ver8!r} is missing (pruned or corrupt store)")
-        raw = bytes(raw)
+        if type(raw) is not bytes:
+            raw = bytes(raw)
         _node_parts(raw)
         if remember and (entry is None or entry[0] < ver8):
             self._remember(pos, ver8, raw)
@@ -284,7 +285,9 @@ class StateTree:
             raise TreeError(f"state tree leaf {lhash.hex()} is missing (pruned or corrupt store)")
         if len(raw) != 64:
             raise TreeError("malformed state tree leaf")
-        return bytes(raw[:32]), bytes(raw[32:])
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        return raw[:32], raw[32:]
 
     def _remember(self, pos: bytes, ver8: bytes, raw: bytes) -> None:
         cache = self._cache
@@ -350,9 +353,9 @@ class StateTree:
         """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`."""
         if not changes:
             return Update(root, {}, [])
-        items = sorted(changes.items())
-        batch = _Batch(self, [kv[0] for kv in items], [kv[1] for kv in items], version)
-        n = len(items)
+        keys = sorted(changes)
+        batch = _Batch(self, keys, list(map(changes.__getitem__, keys)), version)
+        n = len(keys)
         kind = 0 if root is None else 1 if root.is_leaf else 2
         rhash, rver = (b"", b"") if root is None else (root.hash, _U64.pack(root.version))
         if n == 1:
@@ -602,8 +605,9 @@ class _Batch:
         return self.put_node(pos, depth, new_bm, new_lm, b"".join(hashes), b"".join(versions))
 
     def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:
-        h = _sha256(b"\x00" + khash + vhash).digest()
-        self.puts[LEAF_PREFIX + h + self.ver8] = khash + vhash
+        kv = khash + vhash
+        h = _sha256(b"\x00" + kv).digest()
+        self.puts[LEAF_PREFIX + h + self.ver8] = kv
         return h, self.ver8, True
 
     def empty_slot(self, depth: int, lo: int, hi: int) -> Any:
@@ -627,7 +631,7 @@ class _Batch:
             self.stale.append(LEAF_PREFIX + lhash + lver8)
             return _GONE if v is None else self.new_leaf(k, v)
         if v is None:
-            return None
+            return None  # deleting an absent key
         new = self.new_leaf(k, v)
         old = (lhash, lver8, True)
         return self.build(depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)])
