@@ -437,7 +437,10 @@ class _Batch:
                 chash = cver = b""
                 kind = 0
             if j - i == 1:
-                new = self.one(depth + 1, chash, cver, kind, i)
+                if kind == 2:
+                    new = self.down(depth + 1, cver, keys[i], i)
+                else:
+                    new = self.one(depth + 1, chash, cver, kind, i)
             elif kind == 2:
                 new = self.node(_position(depth + 1, keys[i]), depth + 1, cver, i, j)
             elif kind == 1:
@@ -624,16 +627,20 @@ class _Batch:
 
     def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
         """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
-        lkey, lval = self.tree._leaf(lhash, lver8)
+        key = LEAF_PREFIX + lhash + lver8
+        raw = self.tree._get(key)
+        if raw is None or len(raw) != 64 or type(raw) is not bytes:
+            raw = b"".join(self.tree._leaf(lhash, lver8))  # raises if missing or malformed
+        lkey = raw[:32]
         if k == lkey:
-            if v == lval:
+            if raw[32:] == v:
                 return None
-            self.stale.append(LEAF_PREFIX + lhash + lver8)
+            self.stale.append(key)
             return _GONE if v is None else self.new_leaf(k, v)
         if v is None:
             return None  # deleting an absent key
         new = self.new_leaf(k, v)
-        old = (lhash, lver8, True)
+        old = (lhash, lver8, True)  # the other key's leaf moves down as it is
         return self.build(depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)])
 
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
