@@ -364,11 +364,20 @@ class StateTree:
     def update(
         self, root: NodeRef | None, changes: Mapping[bytes, bytes | None], version: int
     ) -> Update:
-        """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`."""
+        """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`.
+
+        `version` must be above every version in the tree (the block height).
+        ValueError if a key or value hash is not 32 bytes.
+        """
         if not changes:
             return Update(root, {}, [])
         keys = sorted(changes)
-        batch = _Batch(self, keys, list(map(changes.__getitem__, keys)), version)
+        vals = list(map(changes.__getitem__, keys))
+        if min(map(len, keys)) != 32 or max(map(len, keys)) != 32:
+            raise ValueError("state tree: key hashes must be 32 bytes")
+        if any(v is not None and len(v) != 32 for v in vals):
+            raise ValueError("state tree: value hashes must be 32 bytes (or None)")
+        batch = _Batch(self, keys, vals, version)
         n = len(keys)
         kind = 0 if root is None else 1 if root.is_leaf else 2
         rhash, rver = (b"", b"") if root is None else (root.hash, _U64.pack(root.version))

@@ -7,6 +7,7 @@ import random
 import struct
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -373,3 +374,12 @@ def test_update_matches_reference_hypothesis(batches: list[dict[int, bytes | Non
         db.update(got.puts)
         tree.committed(got)
         root = got.root
+
+
+def test_update_refuses_hashes_of_the_wrong_size() -> None:
+    b = Backend()
+    with pytest.raises(ValueError, match="key hashes"):
+        b.apply({b"short": vh(b"v")})
+    with pytest.raises(ValueError, match="value hashes"):
+        b.apply({key_hash(b"k"): b"short"})
+    assert b.root is None and not b.db
