@@ -12,7 +12,7 @@ best block over the K blocks. LevelDB writes are not included (the store
 pays them in the block's batch, with or without a tree).
 
 Reads go through a `get` like the node's (`ChainStore.get_meta`, a Python
-method that adds the meta prefix), over either a dict (`--get dict`: the
+method behind an error-translating decorator that adds the meta prefix), over either a dict (`--get dict`: the
 tree's own cost) or a LevelDB opened with the store's options (`--get leveldb`:
 with the real cost of reading the nodes not in the cache). Then it reports
 the proof size of random keys (inclusion and absence) and the time to verify one.
@@ -28,6 +28,7 @@ HEAD~3:storage/state_tree.py > /tmp/old_tree.py`) to compare on the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import hashlib
 import importlib.util
@@ -88,14 +89,28 @@ def build(st: ModuleType, records: int) -> tuple[dict[bytes, bytes], Any, int]:
     return db, root, version
 
 
+def store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Like storage/store.py's `_leveldb_errors`: every public read is wrapped."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return method(*args)
+        except OSError as exc:
+            raise RuntimeError(f"store error: {exc}") from None
+
+    return wrapper
+
+
 class DictStore:
     """A dict behind a method call, like `ChainStore.get_meta` over LevelDB."""
 
     def __init__(self, nodes: dict[bytes, bytes]) -> None:
         self._db = {META + k: v for k, v in nodes.items()}
 
+    @store_errors
     def get_meta(self, key: bytes) -> bytes | None:
-        return self._db.get(META + key)
+        return self._db.get(META + bytes(key))
 
     def write(self, puts: dict[bytes, bytes]) -> None:
         for k, v in puts.items():
@@ -116,8 +131,9 @@ class LevelStore:
         self.write(nodes)
         self._db.compact_range()
 
+    @store_errors
     def get_meta(self, key: bytes) -> bytes | None:
-        value: bytes | None = self._db.get(META + key)
+        value: bytes | None = self._db.get(META + bytes(key))
         return value
 
     def write(self, puts: dict[bytes, bytes]) -> None:
