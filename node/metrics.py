@@ -149,6 +149,11 @@ class NodeMetrics:
             lbl, registry=r,
         )  # fmt: skip
         self.peers = Gauge("redwood_peers_connected", "Connected peers.", lbl, registry=r)
+        self.gc_pause = Histogram(
+            "redwood_gc_pause_seconds",
+            "Python garbage-collector pauses (every thread of the node stops), by generation.",
+            ["chain_id", "generation"], buckets=WRITE_BUCKETS_S, registry=r,
+        )  # fmt: skip
         for metric in (
             self.height, self.view, self.blocks, self.txs, self.block_interval,
             self.commit_latency, self.write_latency, self.mempool_size, self.mempool_bytes,
