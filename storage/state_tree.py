@@ -439,35 +439,37 @@ class _Batch:
         bitmap = raw[0] << 8 | raw[1]
         leafmask = raw[2] << 8 | raw[3]
         vbase = 4 + 32 * bitmap.bit_count()
-        keys = self.keys
+        keys, vals = self.keys, self.vals
         bi, odd = depth >> 1, depth & 1
         changes: list[tuple[int, Any]] = []
         i = lo
         while i < hi:
-            b = keys[i][bi]
+            k = keys[i]
             if odd:
-                n, limit = b & 15, b + 1
+                n, limit = k[bi] & 15, k[bi] + 1
             else:
-                n, limit = b >> 4, (b | 15) + 1
-            j = _group_end(keys, i, hi, bi, limit)
+                n, limit = k[bi] >> 4, (k[bi] | 15) + 1
+            j = i + 1  # keys[i:j] share the nibble n
+            if j < hi and keys[j][bi] < limit:
+                j = _group_end(keys, j, hi, bi, limit)
             bit = 1 << n
             if bitmap & bit:
-                idx = (bitmap & (bit - 1)).bit_count()
-                chash = raw[4 + 32 * idx : 36 + 32 * idx]
-                cver = raw[vbase + 8 * idx : vbase + 8 * idx + 8]
-                kind = 1 if leafmask & bit else 2
-            else:
-                chash = cver = b""
-                kind = 0
-            if j - i == 1:
-                if kind == 2:
-                    new = self.down(depth + 1, cver, keys[i], i)
+                o = 4 + 32 * (bitmap & (bit - 1)).bit_count()
+                vo = vbase + ((o - 4) >> 2)
+                if leafmask & bit:
+                    if j - i == 1:
+                        new = self.leaf_one(
+                            raw[o : o + 32], raw[vo : vo + 8], depth + 1, k, vals[i]
+                        )
+                    else:
+                        new = self.leaf_slot(raw[o : o + 32], raw[vo : vo + 8], depth + 1, i, j)
+                elif j - i == 1:
+                    new = self.down(depth + 1, raw[vo : vo + 8], k, i)
                 else:
-                    new = self.one(depth + 1, chash, cver, kind, i)
-            elif kind == 2:
-                new = self.node(_position(depth + 1, keys[i]), depth + 1, cver, i, j)
-            elif kind == 1:
-                new = self.leaf_slot(chash, cver, depth + 1, i, j)
+                    new = self.node(_position(depth + 1, k), depth + 1, raw[vo : vo + 8], i, j)
+            elif j - i == 1:
+                v = vals[i]
+                new = None if v is None else self.new_leaf(k, v)
             else:
                 new = self.empty_slot(depth + 1, i, j)
             if new is not None:
@@ -724,13 +726,13 @@ class _Batch:
         return self.put_node(pos, depth, bitmap, leafmask, b"".join(hashes), b"".join(versions))
 
 
-def _group_end(keys: list[bytes], i: int, hi: int, bi: int, limit: int) -> int:
-    """End of the run of keys[i:hi] whose byte `bi` is below `limit` (keys sorted)."""
+def _group_end(keys: list[bytes], j: int, hi: int, bi: int, limit: int) -> int:
+    """End of the run of keys[j:hi] whose byte `bi` is below `limit` (keys sorted)."""
     if limit > 255:
         return hi
-    if hi - i > 8:  # a long range (top levels): binary search
-        return bisect_left(keys, keys[i][:bi] + _BYTE[limit], i + 1, hi)
-    j = i + 1
+    if hi - j > 8:  # a long range (top levels): binary search
+        return bisect_left(keys, keys[j][:bi] + _BYTE[limit], j + 1, hi)
+    j += 1
     while j < hi and keys[j][bi] < limit:
         j += 1
     return j
