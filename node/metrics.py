@@ -163,6 +163,8 @@ class NodeMetrics:
             metric.labels(self.chain_id)  # a series at 0 from the start
         for phase in PHASES:
             self.phase_latency.labels(self.chain_id, phase)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(self.chain_id, generation)
 
     # -- sources read at scrape time ----------------------------------------------------
 
@@ -190,6 +192,15 @@ class NodeMetrics:
         s.ready = ready if ready is not None else s.ready
         s.db_path = db_path if db_path is not None else s.db_path
         s.node_dropped = node_dropped if node_dropped is not None else s.node_dropped
+
+    def bind_signatures(self, verified: Callable[[], int], skipped: Callable[[], int]) -> None:
+        """Export `redwood_signatures_verified_total` and `redwood_signatures_skipped_total`."""
+        self.add_layer(
+            "signatures",
+            lambda: {"verified_total": verified(), "skipped_total": skipped()},
+            "Transaction signatures this node checked (admission and proposals) or took as "
+            "checked (executing committed blocks, or cached from admission).",
+        )
 
     def add_layer(self, name: str, read: Callable[[], dict[str, Any]], help_text: str) -> None:
         """Export a layer's plain counters as `redwood_<name>_<key>` at scrape time.

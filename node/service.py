@@ -229,15 +229,7 @@ class Node:
         m.height.labels(c).set(self.store.head_height())
         m.stable_checkpoint.labels(c).set(self.replica.stable_checkpoint[0])
         pool, app = self.verify_pool, self.app
-        m.add_layer(
-            "signatures",
-            lambda: {
-                "verified_total": pool.signatures,  # transaction signatures checked
-                "skipped_total": app.signatures_skipped,  # executed without a check
-            },
-            "Transaction signatures this node checked (admission and proposals) or took as "
-            "checked (executing committed blocks, or cached from admission).",
-        )
+        m.bind_signatures(lambda: pool.signatures, lambda: app.signatures_skipped)
 
     # -- running ----------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ def full_metrics(tmp_path: Path, clock: FakeClock | None = None) -> NodeMetrics:
         db_path=tmp_path,
         node_dropped={"undecodable": 1},
     )
+    m.bind_signatures(lambda: 7, lambda: 5)
     return m
 
 
