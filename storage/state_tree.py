@@ -442,6 +442,7 @@ class _Batch:
         keys, vals = self.keys, self.vals
         bi, odd = depth >> 1, depth & 1
         changes: list[tuple[int, Any]] = []
+        reshaped = False  # a child added or removed
         i = lo
         while i < hi:
             k = keys[i]
@@ -474,6 +475,8 @@ class _Batch:
                 new = self.empty_slot(depth + 1, i, j)
             if new is not None:
                 changes.append((bit, new))
+                if new is _GONE or not bitmap & bit:
+                    reshaped = True
             i = j
         if not changes:
             return None
@@ -481,7 +484,7 @@ class _Batch:
         if len(changes) == 1:
             bit, new = changes[0]
             return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
-        return self.rewrite(pos, depth, raw, bitmap, leafmask, vbase, changes)
+        return self.rewrite(pos, depth, raw, bitmap, leafmask, vbase, changes, reshaped)
 
     def one(self, depth: int, chash: bytes, cver: bytes, kind: int, t: int) -> Any:
         """Apply keys[t] alone to the slot at `depth` holding `kind` (0 empty, 1 leaf, 2 node)."""
@@ -587,10 +590,10 @@ class _Batch:
 
     def rewrite(
         self, pos: bytes, depth: int, raw: bytes, bitmap: int, leafmask: int, vbase: int,
-        changes: list[tuple[int, Any]],
+        changes: list[tuple[int, Any]], reshaped: bool,
     ) -> Any:  # fmt: skip
         """The node at `pos` with `changes` (bit, new child or `_GONE`) applied."""
-        if all(c is not _GONE and bitmap & bit for bit, c in changes):
+        if not reshaped:
             # same children present: overwrite the changed hashes and versions in a copy
             buf = bytearray(raw)
             for bit, c in changes:
