@@ -33,9 +33,9 @@ only moves (a new key splits its slot, or its siblings go and it moves up)
 keeps its stored key, since leaves are stored by hash, not by position.
 
 Pure: no I/O. Nodes are read through a `get(key) -> bytes | None` callable
-(the store's meta reads). Internal nodes are cached by position (the newest
-version `committed` or read), at most `cache_nodes_max` of them; a stored node
-never changes, so a cached one is right whenever its version matches.
+(the store's meta reads). Internal nodes are cached (those `committed` at the
+top depths, and those proofs read), at most `cache_nodes_max` of them; a
+stored node never changes, so a cached one is always right.
 
 Cost (bench/state_tree_bench.py): an update walks the block's sorted key hashes
 by index ranges over the stored node bytes, with no decoding and no object per
@@ -62,7 +62,7 @@ LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
 NODE_CACHE_MAX = 32_768  # the top four levels of a 16-ary tree are 4,369 nodes; ~600 B each
-CACHE_DEPTH_MAX = 5  # nodes below depth 4 are cached only when read (one block's writes scatter)
+CACHE_DEPTH_MAX = 5  # committed caches depths 0-4; deeper nodes only when a proof reads them
 PROOF_LEVELS_MAX = NIBBLES
 
 _sha256 = hashlib.sha256
@@ -94,8 +94,8 @@ class Update:
     root: NodeRef | None
     puts: dict[bytes, bytes]
     stale: list[bytes]
-    # internal nodes written at the cached depths: (position, (version, bytes))
-    nodes: list[tuple[bytes, tuple[bytes, bytes]]] = field(default_factory=list, repr=False)
+    # internal nodes written at the cached depths, flat: key, bytes, key, bytes, ...
+    nodes: list[bytes] = field(default_factory=list, repr=False)
 
     @property
     def root_hash(self) -> bytes:
@@ -262,35 +262,36 @@ def _node_parts(raw: bytes) -> tuple[int, int, int]:
 class StateTree:
     """Reads and updates the tree; see the module docstring. Not thread-safe for updates.
 
-    The cache holds stored internal nodes by position (`internal_key` without
-    the version) -> (version, bytes): a newer version of a node replaces the
-    older one instead of pushing other nodes out, so the hot top levels, which
-    every block rewrites, never crowd out the rest. Leaves are not cached: a
-    block's writes hit random leaves, read once.
+    The cache holds stored internal nodes by storage key, oldest out first.
+    `committed` adds the nodes an update wrote at depths 0-4 and drops the ones
+    it replaced, so a node's new version takes its old one's place instead of
+    pushing other nodes out, and the top levels, which every block rewrites,
+    stay. Deeper nodes (too many to keep, each hit at random) and leaves are
+    cached only when a proof reads them.
     """
 
     def __init__(
         self, get: Callable[[bytes], bytes | None], *, cache_nodes_max: int = NODE_CACHE_MAX
     ) -> None:
         self._get = get
-        self._cache: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_max = cache_nodes_max
 
     # -- node access --------------------------------------------------------------
 
-    def _internal(self, pos: bytes, ver8: bytes, remember: bool) -> bytes:
-        """Stored bytes of the internal node at `pos`, version `ver8` (checked for shape)."""
-        entry = self._cache.get(pos)
-        if entry is not None and entry[0] == ver8:
-            return entry[1]
-        raw = self._get(pos + ver8)
+    def _internal(self, key: bytes, remember: bool) -> bytes:
+        """Stored bytes of the internal node stored under `key` (checked for shape)."""
+        raw = self._cache.get(key)
+        if raw is not None:
+            return raw
+        raw = self._get(key)
         if raw is None:
-            raise TreeError(f"state tree node {pos + ver8!r} is missing (pruned or corrupt store)")
+            raise TreeError(f"state tree node {key!r} is missing (pruned or corrupt store)")
         if type(raw) is not bytes:
             raw = bytes(raw)
         _node_parts(raw)
-        if remember and (entry is None or entry[0] < ver8):
-            self._remember(pos, ver8, raw)
+        if remember:
+            self._remember(key, raw)
         return raw
 
     def _leaf(self, lhash: bytes, ver8: bytes) -> tuple[bytes, bytes]:
@@ -303,10 +304,9 @@ class StateTree:
             raw = bytes(raw)
         return raw[:32], raw[32:]
 
-    def _remember(self, pos: bytes, ver8: bytes, raw: bytes) -> None:
+    def _remember(self, key: bytes, raw: bytes) -> None:
         cache = self._cache
-        cache[pos] = (ver8, raw)
-        cache.move_to_end(pos)
+        cache[key] = raw
         if len(cache) > self._cache_max:
             for _ in range(len(cache) - self._cache_max):
                 cache.popitem(last=False)
@@ -317,10 +317,12 @@ class StateTree:
         Only an update that was written: a cached node is trusted as stored.
         """
         cache = self._cache
-        move = cache.move_to_end
-        for pos, entry in update.nodes:
-            cache[pos] = entry
-            move(pos)
+        nodes = iter(update.nodes)
+        for key, raw in zip(nodes, nodes, strict=True):
+            cache[key] = raw
+        drop = cache.pop
+        for key in update.stale:  # replaced: a newer version is cached (or not needed)
+            drop(key, None)
         if len(cache) > self._cache_max:
             pop = cache.popitem
             for _ in range(len(cache) - self._cache_max):
@@ -345,7 +347,7 @@ class StateTree:
         while not is_leaf:
             if depth >= NIBBLES:
                 raise TreeError("state tree path longer than 64 nibbles (corrupt store)")
-            raw = self._internal(_position(depth, khash), ver8, True)
+            raw = self._internal(_position(depth, khash) + ver8, True)
             bitmap, leafmask, vbase = _node_parts(raw)
             hashes = [raw[off : off + 32] for off in range(4, vbase, 32)]
             bit = 1 << nibble(khash, depth)
@@ -425,17 +427,12 @@ class _Batch:
         self.ver8 = _U64.pack(version)
         self.puts: dict[bytes, bytes] = {}
         self.stale: list[bytes] = []
-        self.nodes: list[tuple[bytes, tuple[bytes, bytes]]] = []
-
-    def raw(self, pos: bytes, ver8: bytes) -> bytes:
-        entry = self.cache.get(pos)
-        if entry is not None and entry[0] == ver8:
-            return entry[1]
-        return self.tree._internal(pos, ver8, False)
+        self.nodes: list[bytes] = []
 
     def node(self, pos: bytes, depth: int, ver8: bytes, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) under the internal node at `pos` (version `ver8`)."""
-        raw = self.raw(pos, ver8)
+        key = pos + ver8
+        raw = self.cache.get(key) or self.tree._internal(key, False)
         bitmap = raw[0] << 8 | raw[1]
         leafmask = raw[2] << 8 | raw[3]
         vbase = 4 + 32 * bitmap.bit_count()
@@ -480,7 +477,7 @@ class _Batch:
             i = j
         if not changes:
             return None
-        self.stale.append(pos + ver8)
+        self.stale.append(key)
         if len(changes) == 1:
             bit, new = changes[0]
             return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
@@ -504,11 +501,8 @@ class _Batch:
         else:
             pos = _POS_HEAD[depth] + k[:bi]
             bit = 1 << (k[bi] >> 4)
-        entry = self.cache.get(pos)
-        if entry is not None and entry[0] == ver8:
-            raw = entry[1]
-        else:
-            raw = self.tree._internal(pos, ver8, False)
+        key = pos + ver8
+        raw = self.cache.get(key) or self.tree._internal(key, False)
         bitmap = raw[0] << 8 | raw[1]
         vbase = 4 + 32 * bitmap.bit_count()
         if bitmap & bit:
@@ -523,12 +517,13 @@ class _Batch:
             if new is None:
                 return None
             if same_kind:  # the common case: splice the child's new hash and version in
-                self.stale.append(pos + ver8)
+                self.stale.append(key)
                 h, ver8 = new[0], self.ver8
                 out = b"".join((raw[:o], h, raw[o + 32 : vo], new[1], raw[vo + 8 :]))
-                self.puts[pos + ver8] = out
+                key = pos + ver8
+                self.puts[key] = out
                 if depth < CACHE_DEPTH_MAX:
-                    self.nodes.append((pos, (ver8, out)))
+                    self.nodes += (key, out)
                 pre = b"".join((b"\x01", raw[:2], raw[4:o], h, raw[o + 32 : vbase]))
                 return _sha256(pre).digest(), ver8, False
         else:
@@ -536,7 +531,7 @@ class _Batch:
             if v is None:
                 return None  # deleting an absent key
             new = self.new_leaf(k, v)
-        self.stale.append(pos + ver8)
+        self.stale.append(key)
         return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
 
     def patch(
@@ -566,9 +561,10 @@ class _Batch:
             return new
         elif new[2] == bool(leafmask & bit):  # same kind of child: splice in place
             out = b"".join((raw[:o], new[0], raw[o + 32 : vo], new[1], raw[vo + 8 :]))
-            self.puts[pos + self.ver8] = out
+            key = pos + self.ver8
+            self.puts[key] = out
             if depth < CACHE_DEPTH_MAX:
-                self.nodes.append((pos, (self.ver8, out)))
+                self.nodes += (key, out)
             pre = b"".join((b"\x01", raw[:2], raw[4:o], new[0], raw[o + 32 : vbase]))
             return _sha256(pre).digest(), self.ver8, False
         else:
@@ -583,9 +579,10 @@ class _Batch:
         """Store an internal node (its children's hashes and versions, each joined)."""
         bm = _U16.pack(bitmap)
         out = b"".join((bm, _U16.pack(leafmask), hpart, vpart))
-        self.puts[pos + self.ver8] = out
+        key = pos + self.ver8
+        self.puts[key] = out
         if depth < CACHE_DEPTH_MAX:
-            self.nodes.append((pos, (self.ver8, out)))
+            self.nodes += (key, out)
         return _sha256(b"".join((b"\x01", bm, hpart))).digest(), self.ver8, False
 
     def rewrite(
@@ -603,9 +600,10 @@ class _Batch:
                 leafmask = leafmask | bit if c[2] else leafmask & ~bit
             _U16.pack_into(buf, 2, leafmask)
             out = bytes(buf)
-            self.puts[pos + self.ver8] = out
+            key = pos + self.ver8
+            self.puts[key] = out
             if depth < CACHE_DEPTH_MAX:
-                self.nodes.append((pos, (self.ver8, out)))
+                self.nodes += (key, out)
             return _sha256(b"\x01" + out[:2] + out[4:vbase]).digest(), self.ver8, False
         new_of = dict(changes)
         new_bm = bitmap

@@ -383,3 +383,21 @@ def test_update_refuses_hashes_of_the_wrong_size() -> None:
     with pytest.raises(ValueError, match="value hashes"):
         b.apply({key_hash(b"k"): b"short"})
     assert b.root is None and not b.db
+
+
+def test_cache_is_bounded_and_drops_replaced_nodes() -> None:
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get, cache_nodes_max=40)
+    root: NodeRef | None = None
+    rng = random.Random(3)
+    stale: set[bytes] = set()
+    for version in range(1, 30):
+        changes = {key_hash(b"%d" % rng.randrange(500)): vh(b"%d" % version) for _ in range(20)}
+        up = tree.update(root, changes, version)
+        db.update(up.puts)
+        tree.committed(up)
+        root = up.root
+        stale.update(up.stale)
+        assert len(tree._cache) <= 40
+        assert not stale & set(tree._cache)  # a replaced node never takes a cache slot
+        assert all(db[k] == raw for k, raw in tree._cache.items())
