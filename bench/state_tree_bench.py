@@ -23,6 +23,18 @@ the proof size of random keys (inclusion and absence) and the time to verify one
 
 `--impl` loads another version of the module (e.g. `git show
 HEAD~3:storage/state_tree.py > /tmp/old_tree.py`) to compare on the same run.
+
+Measured 2026-11-26 on the shared 2-core VM (load average 6-8 from other
+guests; defaults: 1,000,000 records, blocks of 4,000, 5 warm-up blocks, median
+of 5), CPU us per write, update + committed = total:
+
+    before (87640a6)  dict     27.5 + 4.3 = 31.9    leveldb  44.7 + 5.9 = 50.4
+    after             dict     13.1 + 1.2 = 14.4    leveldb  24.7 + 1.9 = 26.5
+
+Through LevelDB about half of the cost is reading the nodes not cached: per
+write ~0.7 leaves, ~0.55 depth-4 and ~0.45 depth-5 nodes, at ~7 us a read
+while the database takes writes. `--cache-nodes 70000` (~+25 MB) keeps all of
+depth 4 and saves ~3 us a write there (after 40 warm-up blocks: 32.1 -> 28.8).
 """
 
 from __future__ import annotations
