@@ -410,9 +410,10 @@ class _Batch:
     moves (a new key splits its slot, or its siblings go and it moves up) is
     not rewritten: leaves are stored by hash and version, not by position.
 
-    Below the top levels most nodes lie on one changed key's path only: `one`
-    walks such a path down in a loop, and `patch` re-encodes each node on the
-    way back up by slicing its stored bytes around the one changed child.
+    Below the top levels most nodes lie on one changed key's path only: `down`
+    follows such a path and, on the way back up, re-encodes each node by
+    slicing its stored bytes around the one changed child (`patch` for the
+    rarer changes of shape: a child added, removed or changing kind).
     """
 
     __slots__ = ("cache", "keys", "nodes", "puts", "stale", "tree", "vals", "ver8")
