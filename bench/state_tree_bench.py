@@ -11,6 +11,10 @@ microseconds per write for `update`, `committed` and their sum, median and
 best block over the K blocks. LevelDB writes are not included (the store
 pays them in the block's batch, with or without a tree).
 
+Garbage collection runs as in the node (`--gc node`: automatic collection off,
+young generations collected between blocks, untimed; `--gc auto` for Python's
+default thresholds, which add ~1 us a write).
+
 Reads go through a `get` like the node's (`ChainStore.get_meta`, a Python
 method behind an error-translating decorator that adds the meta prefix), over either a dict (`--get dict`: the
 tree's own cost) or a LevelDB opened with the store's options (`--get leveldb`:
@@ -24,12 +28,12 @@ the proof size of random keys (inclusion and absence) and the time to verify one
 `--impl` loads another version of the module (e.g. `git show
 HEAD~3:storage/state_tree.py > /tmp/old_tree.py`) to compare on the same run.
 
-Measured 2026-11-26 on the shared 2-core VM (load average 6-8 from other
+Measured 2026-11-26 on the shared 2-core VM (load average 8-10 from other
 guests; defaults: 1,000,000 records, blocks of 4,000, 5 warm-up blocks, median
-of 5), CPU us per write, update + committed = total:
+of 5, gc as the node runs it), CPU us per write, update + committed = total:
 
-    before (87640a6)  dict     27.5 + 4.3 = 31.9    leveldb  44.7 + 5.9 = 50.4
-    after             dict     13.1 + 1.2 = 14.4    leveldb  24.7 + 1.9 = 26.5
+    before (87640a6)  dict     27.8 + 4.7 = 32.5    leveldb  43.9 + 5.4 = 49.3
+    after             dict     12.7 + 1.3 = 14.0    leveldb  25.9 + 2.1 = 27.6
 
 Through LevelDB about half of the cost is reading the nodes not cached: per
 write ~0.7 leaves, ~0.55 depth-4 and ~0.45 depth-5 nodes, at ~7 us a read
@@ -174,6 +178,8 @@ def run_blocks(
         for i in range(nxt, nxt + args.block - half):
             changes[record_key(st, i)] = rng.randbytes(32)
         nxt += args.block - half
+        if args.gc == "node":
+            gc.collect(1)  # the node's own young collection, between blocks (not timed)
         t0 = time.thread_time()
         up = tree.update(root, changes, version)
         t1 = time.thread_time()
@@ -224,6 +230,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--get", choices=("dict", "leveldb", "both"), default="both")
+    ap.add_argument(
+        "--gc",
+        choices=("node", "auto"),
+        default="node",
+        help="node: automatic collection off as `redwood start` runs; auto: Python's default",
+    )
     ap.add_argument("--cache-nodes", type=int, default=32_768, help="StateTree cache_nodes_max")
     ap.add_argument("--impl", default=None, help="path of another state_tree.py to measure")
     args = ap.parse_args()
@@ -240,9 +252,12 @@ def main() -> None:
     for name, make in kinds:
         store = make(nodes)
         gc.collect()
-        gc.freeze()  # the node's long-lived objects are not the tree's cost
-        print(f"get through {name}:")
+        gc.freeze()  # as the node does with its start-up objects
+        if args.gc == "node":
+            gc.disable()
+        print(f"get through {name} (gc {args.gc}):")
         tree, last = run_blocks(st, store, root, version, args)
+        gc.enable()
         proofs(st, tree, last, args.records)
         store.close()
         gc.unfreeze()
