@@ -714,6 +714,11 @@ class Replica:
 
     # -- normal case: proposing (PBFT §4.2) ------------------------------------------------
 
+    @property
+    def next_height(self) -> int:
+        """The height the next proposal would take (above every accepted pre-prepare)."""
+        return self._next_height()
+
     def _next_height(self) -> int:
         h = self.committed_height + 1
         while (slot := self.slots.get(h)) is not None and (

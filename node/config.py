@@ -256,7 +256,11 @@ class ConsensusSection:
         False, BOOL, "Propose empty blocks every block_interval_ms when there is nothing to do."
     )
     block_interval_ms: int = option(
-        1000, DURATION_MS, "Interval of empty blocks when propose_empty_blocks is true."
+        1000,
+        DURATION_MS,
+        "Least interval between empty blocks: the primary proposes up to pipeline_depth of "
+        "them after the last block with transactions (so its state root gets certified and "
+        "its records become provable) and, with propose_empty_blocks, all the time.",
     )
 
 

@@ -12,7 +12,11 @@ inputs the driver runs the replica's Ready cycle:
 4. advance.
 
 Then, if this replica is the primary and the mempool is not empty, it
-proposes the next batch.
+proposes the next batch. With nothing to propose it may propose an empty
+block, at most one per `empty_block_interval_s`: always while the newest
+block with transactions has no committed successor `pipeline_depth` heights
+up (whose header certifies its state root: without it, a quiet chain could
+never prove its newest records), and all the time with `propose_empty_blocks`.
 
 The apply task executes each committed block and writes it (one atomic
 LevelDB batch) while the driver keeps running consensus for the next heights;
@@ -89,8 +93,21 @@ class Driver:
         pending_count: Callable[[], int],
         on_evidence: Callable[[Any], None],
         on_stable_checkpoint: Callable[[int, bytes], None],
+        pipeline_depth: int = 0,
+        empty_block_interval_s: float = 1.0,
+        propose_empty_blocks: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        txs_height: int = 0,
     ) -> None:
         self.replica = replica
+        self._depth = pipeline_depth
+        self._empty_interval_s = empty_block_interval_s
+        self._always_empty = propose_empty_blocks
+        self._clock = clock
+        self._last_block_at = clock()  # last proposal or commit seen
+        # newest height known to hold transactions (0: none; the node passes its head at
+        # start, which may not be certified yet)
+        self._txs_height = txs_height
         self._journal_write = journal_write
         self._send = send
         self._apply_block = apply_block
@@ -105,6 +122,7 @@ class Driver:
         self.events_send, self._events = trio.open_memory_channel[Any](EVENTS_QUEUE_MAX)
         self.cycles = 0
         self.proposed_blocks = 0
+        self.empty_blocks = 0
 
     def poke(self) -> None:
         """Non-blocking: ask the driver to consider proposing."""
@@ -162,6 +180,9 @@ class Driver:
             for out in ready.messages:
                 self._send(out.to, out.message)
             for cb in ready.committed:
+                if cb.block.txs:
+                    self._txs_height = max(self._txs_height, cb.block.height)
+                self._last_block_at = self._clock()
                 await self._apply_send.send(cb)  # waits only when execution is far behind
             for height, root in ready.stable_checkpoints:
                 self._on_stable_checkpoint(height, root)
@@ -173,12 +194,27 @@ class Driver:
         if not self.replica.wants_proposal():
             return False
         batch = self._take_batch()
-        if not batch:
+        if not batch and not self._empty_block_due():
             return False
+        height = self.replica.next_height
         proposed = bool(self.replica.propose(batch, math.floor(time.time() * 1000)))
         if proposed:
             self.proposed_blocks += 1
+            self._last_block_at = self._clock()
+            if batch:
+                self._txs_height = max(self._txs_height, height)
+            else:
+                self.empty_blocks += 1
         return proposed
+
+    def _empty_block_due(self) -> bool:
+        """An empty block now: paced, and needed to certify the newest state (or asked for)."""
+        if self._clock() - self._last_block_at < self._empty_interval_s:
+            return False
+        unsealed = (
+            self._txs_height > 0 and self.replica.next_height <= self._txs_height + self._depth
+        )
+        return unsealed or self._always_empty
 
 
 def is_sync_message(message: Any) -> bool:

@@ -155,6 +155,10 @@ class Node:
             pending_count=lambda: self.mempool.pending,
             on_evidence=self._on_evidence,
             on_stable_checkpoint=self._on_stable_checkpoint,
+            pipeline_depth=self.params.pipeline_depth,
+            empty_block_interval_s=config.consensus.block_interval_ms / 1000,
+            propose_empty_blocks=config.consensus.propose_empty_blocks,
+            txs_height=self.store.head_height(),
         )
         self._db_limiter = trio.CapacityLimiter(1)
         self._waiters: dict[bytes, trio.Event] = {}

@@ -1,0 +1,123 @@
+"""node/driver.py: when the primary proposes, in particular empty blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from node.driver import Driver
+
+DEPTH = 4
+
+
+@dataclass
+class FakeReplica:
+    """Primary that accepts every proposal at the next height."""
+
+    next_height: int = 1
+    proposals: list[tuple[int, int]] = field(default_factory=list)  # (height, tx count)
+
+    def wants_proposal(self) -> bool:
+        return True
+
+    def propose(self, txs: Any, timestamp_ms: int) -> bool:
+        self.proposals.append((self.next_height, len(txs)))
+        self.next_height += 1
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(pending: list[list[bytes]], *, always: bool = False) -> tuple[Driver, FakeReplica, Clock]:
+    replica, clock = FakeReplica(), Clock()
+
+    def take() -> list[bytes]:
+        return pending.pop(0) if pending else []
+
+    async def nothing(*_a: Any) -> Any:
+        return None
+
+    driver = Driver(
+        replica, journal_write=nothing, send=lambda to, m: None, apply_block=nothing,
+        take_batch=take, pending_count=lambda: 0, on_evidence=lambda e: None,
+        on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
+        empty_block_interval_s=1.0, propose_empty_blocks=always, clock=clock,
+    )  # fmt: skip
+    return driver, replica, clock
+
+
+def test_a_chain_that_never_had_transactions_proposes_nothing() -> None:
+    driver, replica, clock = make([])
+    for _ in range(5):
+        clock.now += 10
+        assert not driver._maybe_propose()
+    assert replica.proposals == []
+
+
+def test_after_a_block_with_txs_empty_blocks_certify_its_state_one_per_interval() -> None:
+    driver, replica, clock = make([[b"tx1", b"tx2"]])
+    assert driver._maybe_propose()  # height 1 holds transactions
+    assert not driver._maybe_propose()  # nothing pending and the interval has not passed
+    clock.now += 0.5
+    assert not driver._maybe_propose()
+    for _ in range(DEPTH):
+        clock.now += 1.0
+        assert driver._maybe_propose()
+        assert not driver._maybe_propose()  # paced
+    clock.now += 10
+    assert not driver._maybe_propose()  # height 1 + DEPTH is proposed: its header claims 1
+    assert replica.proposals == [(1, 2), (2, 0), (3, 0), (4, 0), (5, 0)]
+    assert driver.empty_blocks == DEPTH
+
+
+def test_new_transactions_restart_the_count_and_go_first() -> None:
+    pending = [[b"a"], [], [b"b"]]
+    driver, replica, clock = make(pending)
+    assert driver._maybe_propose()  # height 1, txs
+    clock.now += 1.0
+    assert driver._maybe_propose()  # height 2: take() gave nothing, an empty block
+    clock.now += 0.1
+    assert driver._maybe_propose()  # height 3: transactions go out without waiting
+    for _ in range(DEPTH):
+        clock.now += 1.0
+        assert driver._maybe_propose()
+    clock.now += 1.0
+    assert not driver._maybe_propose()
+    assert replica.proposals[-1] == (3 + DEPTH, 0)
+
+
+@pytest.mark.parametrize("gap_s", [1.0, 5.0])
+def test_propose_empty_blocks_keeps_proposing_at_the_interval(gap_s: float) -> None:
+    driver, replica, clock = make([], always=True)
+    assert not driver._maybe_propose()  # the interval counts from start-up
+    for _ in range(10):
+        clock.now += gap_s
+        assert driver._maybe_propose()
+        assert not driver._maybe_propose()
+    assert [n for _, n in replica.proposals] == [0] * 10
+
+
+def test_a_restarted_primary_certifies_the_head_it_found() -> None:
+    replica, clock = FakeReplica(next_height=41), Clock()
+
+    async def nothing(*_a: Any) -> Any:
+        return None
+
+    driver = Driver(
+        replica, journal_write=nothing, send=lambda to, m: None, apply_block=nothing,
+        take_batch=list, pending_count=lambda: 0, on_evidence=lambda e: None,
+        on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
+        empty_block_interval_s=1.0, clock=clock, txs_height=40,
+    )  # fmt: skip
+    for _ in range(DEPTH + 3):
+        clock.now += 1.0
+        driver._maybe_propose()
+    assert replica.proposals == [(h, 0) for h in range(41, 41 + DEPTH)]
