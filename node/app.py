@@ -497,13 +497,31 @@ class Application:
                 meta[key] = None
             meta[state_tree.stale_key(old)] = None
 
-    def apply(self, cb: CertifiedBlock, *, verify_signatures: bool = True) -> Executed:
-        """Execute a committed block and commit it with its effects in one synced batch."""
+    def apply_many(
+        self, cbs: Sequence[CertifiedBlock], *, verify_signatures: bool = True
+    ) -> list[Executed]:
+        """`apply` each block in order; only the last write is synced.
+
+        Each block is still its own atomic batch, so a crash leaves a whole
+        prefix of them; the synced last write makes all of them durable (the
+        LevelDB log is written in order). Blocks lost to a crash before that
+        are committed blocks the node fetches again.
+        """
+        last = len(cbs) - 1
+        return [
+            self.apply(cb, verify_signatures=verify_signatures, sync=i == last)
+            for i, cb in enumerate(cbs)
+        ]
+
+    def apply(
+        self, cb: CertifiedBlock, *, verify_signatures: bool = True, sync: bool = True
+    ) -> Executed:
+        """Execute a committed block and commit it with its effects in one (synced) batch."""
         executed = self.execute(cb.block, verify_signatures=verify_signatures)
         self._add_epoch_proofs(cb, executed.meta)
         status = executed.tx_status
         self.store.commit_block(
-            cb, executed.writes, executed.meta, status, sync=True, versions=executed.versions,
+            cb, executed.writes, executed.meta, status, sync=sync, versions=executed.versions,
             tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
         )  # fmt: skip
         self.forget(executed.tx_hashes)

@@ -19,7 +19,9 @@ up (whose header certifies its state root: without it, a quiet chain could
 never prove its newest records), and all the time with `propose_empty_blocks`.
 
 The apply task executes each committed block and writes it (one atomic
-LevelDB batch) while the driver keeps running consensus for the next heights;
+LevelDB batch per block; blocks that queued up together are executed in one
+worker-thread call and only the last write is synced) while the driver keeps
+running consensus for the next heights;
 it reports each result back as an `Applied` input, and only then does the
 driver tell the replica the new state root (`executed`). The apply queue is
 bounded, so execution that falls behind slows consensus instead of growing
@@ -47,6 +49,8 @@ log = logging.getLogger("redwood.driver")
 EVENTS_QUEUE_MAX = 4096
 EVENTS_PER_CYCLE_MAX = 512
 APPLY_QUEUE_MAX = 64  # committed blocks waiting for execution
+APPLY_BATCH_BLOCKS_MAX = 32  # blocks executed in one worker-thread call
+APPLY_BATCH_TXS_MAX = 8000  # ... unless they hold this many transactions already
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class Driver:
         *,
         journal_write: Callable[[list[tuple[bytes, bytes | None]]], Awaitable[None]],
         send: Callable[[bytes | None, Any], None],
-        apply_block: Callable[[CertifiedBlock], Awaitable[tuple[bytes, Any]]],
+        apply_blocks: Callable[[list[CertifiedBlock]], Awaitable[list[tuple[bytes, Any]]]],
         on_applied: Callable[[Any], None] = lambda result: None,
         take_batch: Callable[[], list[bytes]],
         pending_count: Callable[[], int],
@@ -110,7 +114,7 @@ class Driver:
         self._txs_height = txs_height
         self._journal_write = journal_write
         self._send = send
-        self._apply_block = apply_block
+        self._apply_blocks = apply_blocks
         self._on_applied = on_applied
         self._apply_send, self._apply_recv = trio.open_memory_channel[CertifiedBlock](
             APPLY_QUEUE_MAX
@@ -136,9 +140,21 @@ class Driver:
             await self._event_loop()
 
     async def _apply_loop(self) -> None:
+        """Execute committed blocks in height order; what queued up meanwhile goes in one
+        batch (catch-up, or execution behind agreement): one worker-thread trip and one
+        synced write for the batch instead of one per block."""
         async for cb in self._apply_recv:
-            root, result = await self._apply_block(cb)
-            await self.events_send.send(Applied(cb.block.header.height, root, result))
+            batch, txs = [cb], len(cb.block.txs)
+            while len(batch) < APPLY_BATCH_BLOCKS_MAX and txs < APPLY_BATCH_TXS_MAX:
+                try:
+                    more = self._apply_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(more)
+                txs += len(more.block.txs)
+            results = await self._apply_blocks(batch)
+            for done, (root, result) in zip(batch, results, strict=True):
+                await self.events_send.send(Applied(done.block.header.height, root, result))
 
     async def _event_loop(self) -> None:
         while True:

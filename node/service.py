@@ -149,7 +149,7 @@ class Node:
             self.replica,
             journal_write=self._journal_write,
             send=self._send,
-            apply_block=self._apply_block,
+            apply_blocks=self._apply_blocks,
             on_applied=self._apply_governance,  # runs in the driver, after replica.executed
             take_batch=self._take_batch,
             pending_count=lambda: self.mempool.pending,
@@ -213,6 +213,9 @@ class Node:
             view_change_timeout_ticks=max(
                 1, self.config.consensus.view_change_timeout_ms // tick_ms
             ),
+            # one request may bring up to SYNC_BLOCKS_PER_RESPONSE_MAX blocks (8 MB at most):
+            # a catch-up round trip to a busy peer then brings 256 small blocks, not 64
+            catchup_blocks_max=SYNC_BLOCKS_PER_RESPONSE_MAX,
         )
         # Every node holds its key: the replica votes only at heights whose epoch names it,
         # so an observer promoted by governance signs from its epoch's first height on.
@@ -423,16 +426,21 @@ class Node:
     def replica_validators(self) -> tuple[bytes, ...]:
         return tuple(self.replica.vset.validators)
 
-    async def _apply_block(self, cb: CertifiedBlock) -> tuple[bytes, Any]:
-        self.metrics.observe_committed(cb, self.replica_validators())
+    async def _apply_blocks(self, cbs: list[CertifiedBlock]) -> list[tuple[bytes, Any]]:
+        for cb in cbs:
+            self.metrics.observe_committed(cb, self.replica_validators())
         started = time.perf_counter()
         # committed blocks carry only good signatures (see _proposal_signatures_ok)
-        apply = partial(self.app.apply, verify_signatures=False)
-        executed = await trio.to_thread.run_sync(apply, cb, limiter=self._db_limiter)
+        apply = partial(self.app.apply_many, verify_signatures=False)
+        done = await trio.to_thread.run_sync(apply, cbs, limiter=self._db_limiter)
         now = time.perf_counter()
-        self.metrics.write_latency.labels(self.chain_id).observe(now - started)
-        self._after_commit(cb, executed, now)
-        return bytes(executed.state_root), executed
+        per_block = (now - started) / len(cbs)
+        out = []
+        for cb, executed in zip(cbs, done, strict=True):
+            self.metrics.write_latency.labels(self.chain_id).observe(per_block)
+            self._after_commit(cb, executed, now)
+            out.append((bytes(executed.state_root), executed))
+        return out
 
     def _apply_governance(self, executed: Any) -> None:
         """Validator-set changes decided in this block: schedule each new epoch, widen the allowlist.

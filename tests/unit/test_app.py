@@ -71,6 +71,7 @@ class FakeStore:
         self.state: dict[bytes, list[RecordVersion]] = {}
         self.meta: dict[bytes, bytes] = {}
         self.commits = 0
+        self.syncs: list[bool] = []
 
     def head_height(self) -> int:
         return len(self.blocks)
@@ -122,6 +123,7 @@ class FakeStore:
         self.meta.update(meta)
         self.blocks.append(cb)
         self.commits += 1
+        self.syncs.append(sync)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -629,3 +631,19 @@ def test_execute_without_signature_checks_trusts_a_committed_block(
     damaged = _damaged(tx(record="d"))
     checked = app.apply(make_block(store, [damaged]))
     assert checked.tx_status == [int(Code.BAD_SIGNATURE)] and counter.items == 1
+
+
+def test_apply_many_applies_in_order_and_syncs_only_the_last_write(genesis: Genesis) -> None:
+    store = FakeStore(genesis.hash())
+    app = Application(store, genesis)
+    blocks = []
+    for i in range(3):
+        cb = make_block(store, [tx(record=f"m{i}")])
+        blocks.append(cb)
+        app.apply(cb, sync=False)  # build the chain once to get linked blocks
+    replay_store = FakeStore(genesis.hash())
+    replay = Application(replay_store, genesis)
+    done = replay.apply_many(blocks)
+    assert [e.height for e in done] == [1, 2, 3]
+    assert replay_store.syncs == [False, False, True]
+    assert [e.state_root for e in done] == [app.state_root_at(h) for h in (1, 2, 3)]

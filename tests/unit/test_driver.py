@@ -46,7 +46,7 @@ def make(pending: list[list[bytes]], *, always: bool = False) -> tuple[Driver, F
         return None
 
     driver = Driver(
-        replica, journal_write=nothing, send=lambda to, m: None, apply_block=nothing,
+        replica, journal_write=nothing, send=lambda to, m: None, apply_blocks=nothing,
         take_batch=take, pending_count=lambda: 0, on_evidence=lambda e: None,
         on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
         empty_block_interval_s=1.0, propose_empty_blocks=always, clock=clock,
@@ -112,7 +112,7 @@ def test_a_restarted_primary_certifies_the_head_it_found() -> None:
         return None
 
     driver = Driver(
-        replica, journal_write=nothing, send=lambda to, m: None, apply_block=nothing,
+        replica, journal_write=nothing, send=lambda to, m: None, apply_blocks=nothing,
         take_batch=list, pending_count=lambda: 0, on_evidence=lambda e: None,
         on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
         empty_block_interval_s=1.0, clock=clock, txs_height=40,
@@ -121,3 +121,48 @@ def test_a_restarted_primary_certifies_the_head_it_found() -> None:
         clock.now += 1.0
         driver._maybe_propose()
     assert replica.proposals == [(h, 0) for h in range(41, 41 + DEPTH)]
+
+
+async def test_blocks_that_queue_up_are_applied_in_one_batch_in_order() -> None:
+    import trio
+
+    from node.driver import APPLY_BATCH_BLOCKS_MAX, Applied
+
+    batches: list[list[int]] = []
+
+    async def apply_blocks(cbs: list[Any]) -> list[tuple[bytes, Any]]:
+        batches.append([cb.block.header.height for cb in cbs])
+        return [(bytes([cb.block.header.height]) * 32, None) for cb in cbs]
+
+    async def nothing(*_a: Any) -> Any:
+        return None
+
+    driver = Driver(
+        FakeReplica(), journal_write=nothing, send=lambda to, m: None, apply_blocks=apply_blocks,
+        take_batch=list, pending_count=lambda: 0, on_evidence=lambda e: None,
+        on_stable_checkpoint=lambda h, r: None,
+    )  # fmt: skip
+
+    class _CB:
+        def __init__(self, h: int) -> None:
+            header = type("H", (), {"height": h})()
+            self.block = type("B", (), {"header": header, "txs": (b"t",), "height": h})()
+
+    total = APPLY_BATCH_BLOCKS_MAX + 5
+    for h in range(1, total + 1):
+        driver._apply_send.send_nowait(_CB(h))  # type: ignore[arg-type]
+    applied: list[int] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver._apply_loop)
+            while len(applied) < total:
+                event = await driver._events.receive()
+                assert isinstance(event, Applied)
+                assert event.state_root == bytes([event.height]) * 32
+                applied.append(event.height)
+            nursery.cancel_scope.cancel()
+    assert applied == list(range(1, total + 1))
+    assert batches == [
+        list(range(1, APPLY_BATCH_BLOCKS_MAX + 1)),
+        list(range(APPLY_BATCH_BLOCKS_MAX + 1, total + 1)),
+    ]
