@@ -9,6 +9,7 @@ every wait polls a condition under a deadline and fails with what it saw.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,16 @@ class Cluster:
                 self.nodes[i].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         for i in range(len(self.nodes)):
             self.stop(i)
+
+    @contextlib.contextmanager
+    def running(self, timeout_s: float = 60.0) -> Iterator[Cluster]:
+        """Start every node, wait until all are ready, stop them all on exit."""
+        self.start_all()
+        try:
+            self.wait_ready(timeout_s=timeout_s)
+            yield self
+        finally:
+            self.stop_all()
 
     def wait_ready(self, indexes: list[int] | None = None, timeout_s: float = 60.0) -> None:
         idx = list(range(len(self.nodes))) if indexes is None else indexes

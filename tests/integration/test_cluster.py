@@ -36,12 +36,8 @@ GRACEFUL_STOP_S = 5.0
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("cluster"), validators=VALIDATORS, observers=OBSERVERS)
     c.create()
-    c.start_all()
-    try:
-        c.wait_ready(timeout_s=60)
+    with c.running():
         yield c
-    finally:
-        c.stop_all()
 
 
 class Writer:

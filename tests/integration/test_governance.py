@@ -48,12 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         doc = json.loads(path.read_text())
         doc["params"]["checkpoint_interval"] = CHECKPOINT_INTERVAL
         path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    c.start_all()
-    try:
-        c.wait_ready(timeout_s=60)
+    with c.running():
         yield c
-    finally:
-        c.stop_all()
 
 
 def node_id(cluster: Cluster, i: int) -> bytes:

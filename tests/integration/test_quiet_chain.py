@@ -26,12 +26,8 @@ from tests.integration.harness import Cluster, wait_until
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     c.create()
-    c.start_all()
-    try:
-        c.wait_ready(timeout_s=60)
+    with c.running():
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_one_write_on_an_idle_chain_becomes_provable(cluster: Cluster) -> None:

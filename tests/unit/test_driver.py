@@ -36,8 +36,10 @@ class Clock:
         return self.now
 
 
-def make(pending: list[list[bytes]], *, always: bool = False) -> tuple[Driver, FakeReplica, Clock]:
-    replica, clock = FakeReplica(), Clock()
+def make(
+    pending: list[list[bytes]], *, always: bool = False, txs_height: int = 0, next_height: int = 1
+) -> tuple[Driver, FakeReplica, Clock]:
+    replica, clock = FakeReplica(next_height=next_height), Clock()
 
     def take() -> list[bytes]:
         return pending.pop(0) if pending else []
@@ -50,6 +52,7 @@ def make(pending: list[list[bytes]], *, always: bool = False) -> tuple[Driver, F
         take_batch=take, pending_count=lambda: 0, on_evidence=lambda e: None,
         on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
         empty_block_interval_s=1.0, propose_empty_blocks=always, clock=clock,
+        txs_height=txs_height,
     )  # fmt: skip
     return driver, replica, clock
 
@@ -106,17 +109,7 @@ def test_propose_empty_blocks_keeps_proposing_at_the_interval(gap_s: float) -> N
 
 
 def test_a_restarted_primary_certifies_the_head_it_found() -> None:
-    replica, clock = FakeReplica(next_height=41), Clock()
-
-    async def nothing(*_a: Any) -> Any:
-        return None
-
-    driver = Driver(
-        replica, journal_write=nothing, send=lambda to, m: None, apply_blocks=nothing,
-        take_batch=list, pending_count=lambda: 0, on_evidence=lambda e: None,
-        on_stable_checkpoint=lambda h, r: None, pipeline_depth=DEPTH,
-        empty_block_interval_s=1.0, clock=clock, txs_height=40,
-    )  # fmt: skip
+    driver, replica, clock = make([], txs_height=40, next_height=41)
     for _ in range(DEPTH + 3):
         clock.now += 1.0
         driver._maybe_propose()
