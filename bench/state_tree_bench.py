@@ -62,12 +62,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 META = b"a/"  # the store's meta prefix
-LEVELDB_OPTIONS: dict[str, Any] = {  # as storage/store.py opens its database
-    "write_buffer_size": 32 * 1024 * 1024,
-    "lru_cache_size": 64 * 1024 * 1024,
-    "bloom_filter_bits": 10,
-    "paranoid_checks": True,
-}
 
 
 def load_impl(path: str | None) -> ModuleType:
@@ -121,7 +115,7 @@ def store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 class DictStore:
     """A dict behind a method call, like `ChainStore.get_meta` over LevelDB."""
 
-    def __init__(self, nodes: dict[bytes, bytes]) -> None:
+    def __init__(self, nodes: dict[bytes, bytes], compression: str) -> None:
         self._db = {META + k: v for k, v in nodes.items()}
 
     @store_errors
@@ -139,11 +133,16 @@ class DictStore:
 class LevelStore:
     """A LevelDB in a temporary directory, read like `ChainStore.get_meta`."""
 
-    def __init__(self, nodes: dict[bytes, bytes]) -> None:
+    def __init__(self, nodes: dict[bytes, bytes], compression: str) -> None:
         import plyvel
 
+        from storage.store import _DB_OPTIONS  # the node's own options, not a copy
+
+        options: dict[str, Any] = dict(_DB_OPTIONS)
+        if compression != "store":
+            options["compression"] = None if compression == "none" else compression
         self._dir = tempfile.mkdtemp(prefix="state_tree_bench_")
-        self._db = plyvel.DB(self._dir, create_if_missing=True, **LEVELDB_OPTIONS)
+        self._db = plyvel.DB(self._dir, create_if_missing=True, **options)
         self.write(nodes)
         self._db.compact_range()
 
@@ -236,6 +235,12 @@ def main() -> None:
         default="node",
         help="node: automatic collection off as `redwood start` runs; auto: Python's default",
     )
+    ap.add_argument(
+        "--compression",
+        choices=("store", "none", "snappy"),
+        default="store",
+        help="LevelDB block compression: store (as storage/store.py opens it), none, snappy",
+    )
     ap.add_argument("--cache-nodes", type=int, default=32_768, help="StateTree cache_nodes_max")
     ap.add_argument("--impl", default=None, help="path of another state_tree.py to measure")
     args = ap.parse_args()
@@ -244,13 +249,13 @@ def main() -> None:
     t0 = time.perf_counter()
     nodes, root, version = build(st, args.records)
     print(f"built {args.records} records in {time.perf_counter() - t0:.1f} s, {len(nodes)} nodes")
-    kinds: list[tuple[str, Callable[[dict[bytes, bytes]], Any]]] = []
+    kinds: list[tuple[str, Callable[[dict[bytes, bytes], str], Any]]] = []
     if args.get in ("dict", "both"):
         kinds.append(("dict", DictStore))
     if args.get in ("leveldb", "both"):
         kinds.append(("leveldb", LevelStore))
     for name, make in kinds:
-        store = make(nodes)
+        store = make(nodes, args.compression)
         gc.collect()
         gc.freeze()  # as the node does with its start-up objects
         if args.gc == "node":
