@@ -416,13 +416,14 @@ class _Batch:
     rarer changes of shape: a child added, removed or changing kind).
     """
 
-    __slots__ = ("cache", "keys", "nodes", "puts", "stale", "tree", "vals", "ver8")
+    __slots__ = ("cache", "get", "keys", "nodes", "puts", "stale", "tree", "vals", "ver8")
 
     def __init__(
         self, tree: StateTree, keys: list[bytes], vals: list[bytes | None], version: int
     ) -> None:
         self.tree = tree
         self.cache = tree._cache
+        self.get = tree._get
         self.keys = keys
         self.vals = vals
         self.ver8 = _U64.pack(version)
@@ -494,46 +495,73 @@ class _Batch:
         return None if v is None else self.new_leaf(self.keys[t], v)
 
     def down(self, depth: int, ver8: bytes, k: bytes, t: int) -> Any:
-        """Apply key `k` (keys[t]) alone under the internal node at `depth` on its path."""
+        """Apply key `k` (keys[t]) alone under the internal node at `depth` on its path.
+
+        The hot path of an update (every key below the levels keys share): the
+        common cases, a key's own leaf replaced and a child node rewritten, are
+        spliced in here; changes of shape go through `patch`.
+        """
         bi = depth >> 1
+        b = k[bi]
         if depth & 1:
-            pos = _POS_HEAD[depth] + k[:bi] + _HIGH[k[bi]]
-            bit = 1 << (k[bi] & 15)
+            pos = _POS_HEAD[depth] + k[:bi] + _HIGH[b]
+            bit = 1 << (b & 15)
         else:
             pos = _POS_HEAD[depth] + k[:bi]
-            bit = 1 << (k[bi] >> 4)
+            bit = 1 << (b >> 4)
         key = pos + ver8
         raw = self.cache.get(key) or self.tree._internal(key, False)
         bitmap = raw[0] << 8 | raw[1]
         vbase = 4 + 32 * bitmap.bit_count()
-        if bitmap & bit:
-            o = 4 + 32 * (bitmap & (bit - 1)).bit_count()
-            vo = vbase + ((o - 4) >> 2)
-            if (raw[2] << 8 | raw[3]) & bit:
-                new = self.leaf_one(raw[o : o + 32], raw[vo : vo + 8], depth + 1, k, self.vals[t])
-                same_kind = new is not None and new is not _GONE and new[2]
-            else:
-                new = self.down(depth + 1, raw[vo : vo + 8], k, t)
-                same_kind = new is not None and new is not _GONE and not new[2]
-            if new is None:
-                return None
-            if same_kind:  # the common case: splice the child's new hash and version in
-                self.stale.append(key)
-                h, ver8 = new[0], self.ver8
-                out = b"".join((raw[:o], h, raw[o + 32 : vo], new[1], raw[vo + 8 :]))
-                key = pos + ver8
-                self.puts[key] = out
-                if depth < CACHE_DEPTH_MAX:
-                    self.nodes += (key, out)
-                pre = b"".join((b"\x01", raw[:2], raw[4:o], h, raw[o + 32 : vbase]))
-                return _sha256(pre).digest(), ver8, False
-        else:
+        if not bitmap & bit:  # an empty slot: a new leaf, unless a delete of an absent key
             v = self.vals[t]
             if v is None:
+                return None
+            self.stale.append(key)
+            return self.patch(pos, depth, raw, bitmap, vbase, bit, self.new_leaf(k, v))
+        below = (bitmap & (bit - 1)).bit_count()
+        o = 4 + 32 * below
+        vo = vbase + 8 * below
+        if (raw[2] << 8 | raw[3]) & bit:
+            lhash, lver8 = raw[o : o + 32], raw[vo : vo + 8]
+            lkey = LEAF_PREFIX + lhash + lver8
+            lraw = self.get(lkey)
+            if type(lraw) is not bytes or len(lraw) != 64:
+                lraw = b"".join(self.tree._leaf(lhash, lver8))  # raises if missing or malformed
+            v = self.vals[t]
+            if lraw.startswith(k):  # the key's own leaf
+                if v is None:
+                    self.stale.append(lkey)
+                    new = _GONE
+                elif lraw.endswith(v):
+                    return None  # the same value again
+                else:  # the common case: the leaf replaced
+                    self.stale.append(lkey)
+                    kv = k + v
+                    h = _sha256(b"\x00" + kv).digest()
+                    self.puts[LEAF_PREFIX + h + self.ver8] = kv
+                    new = h, self.ver8, True
+            elif v is None:
                 return None  # deleting an absent key
-            new = self.new_leaf(k, v)
+            else:  # another key's leaf: `k` splits the slot
+                new = self.split(lhash, lver8, lraw[:32], depth + 1, k, v)
+            same_kind = new is not _GONE and new[2]
+        else:
+            new = self.down(depth + 1, raw[vo : vo + 8], k, t)
+            if new is None:
+                return None
+            same_kind = new is not _GONE and not new[2]
         self.stale.append(key)
-        return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
+        if not same_kind:
+            return self.patch(pos, depth, raw, bitmap, vbase, bit, new)
+        # the common case: splice the child's new hash and version into the stored bytes
+        h, ver8 = new[0], self.ver8
+        out = raw[:o] + h + raw[o + 32 : vo] + new[1] + raw[vo + 8 :]
+        key = pos + ver8
+        self.puts[key] = out
+        if depth < CACHE_DEPTH_MAX:
+            self.nodes += (key, out)
+        return _sha256(b"\x01" + out[:2] + out[4:vbase]).digest(), ver8, False
 
     def patch(
         self, pos: bytes, depth: int, raw: bytes, bitmap: int, vbase: int, bit: int, new: Any
@@ -655,17 +683,22 @@ class _Batch:
     def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
         """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
         key = LEAF_PREFIX + lhash + lver8
-        raw = self.tree._get(key)
-        if raw is None or len(raw) != 64 or type(raw) is not bytes:
+        raw = self.get(key)
+        if type(raw) is not bytes or len(raw) != 64:
             raw = b"".join(self.tree._leaf(lhash, lver8))  # raises if missing or malformed
-        lkey = raw[:32]
-        if k == lkey:
+        if raw.startswith(k):
             if raw[32:] == v:
                 return None
             self.stale.append(key)
             return _GONE if v is None else self.new_leaf(k, v)
         if v is None:
             return None  # deleting an absent key
+        return self.split(lhash, lver8, raw[:32], depth, k, v)
+
+    def split(
+        self, lhash: bytes, lver8: bytes, lkey: bytes, depth: int, k: bytes, v: bytes
+    ) -> _Ref:
+        """The slot at `depth` holding another key's leaf (`lkey`), with key `k` added."""
         new = self.new_leaf(k, v)
         old = (lhash, lver8, True)  # the other key's leaf moves down as it is
         return self.build(depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)])
