@@ -43,14 +43,61 @@ and logs, certificates and journal records at or below h are dropped.
 
 View change (§4.4). A timer runs while there is work (pending transactions
 the node told us about, accepted but uncommitted blocks, held pre-prepares)
-and nothing commits. On expiry the replica sends VIEW-CHANGE(v+1) with its
-stable checkpoint proof and its prepared certificates, and stops voting in
-v. The timeout doubles with every consecutive view change (capped) plus
-random jitter. f+1 VIEW-CHANGEs for higher views make a replica join the
-smallest of them. The primary of the new view, with q VIEW-CHANGEs, sends
-NEW-VIEW carrying them and the re-proposed blocks O, derived
-deterministically (`view_change.derive_blocks`); every backup re-derives O
-and rejects a NEW-VIEW whose O differs.
+and the lowest uncommitted height makes no progress (see "Progress timer").
+On expiry the replica sends VIEW-CHANGE(v+1) with its stable checkpoint
+proof and its prepared certificates, and stops voting in v. The timeout
+doubles with every consecutive view change (capped) plus random jitter; a
+commit brings it back to the base. f+1 VIEW-CHANGEs for higher views make a
+replica join the smallest of them. The primary of the new view, with q
+VIEW-CHANGEs, sends NEW-VIEW carrying them and the re-proposed blocks O,
+derived deterministically (`view_change.derive_blocks`); every backup
+re-derives O and rejects a NEW-VIEW whose O differs.
+
+Progress timer. The timer measures how long the lowest uncommitted height,
+committed + 1, has gone without a *phase* this replica can see: it restarts
+(to zero; the back-off stays) when that height commits -- and then the next
+height is the lowest -- and when, in the current view, it gets its accepted
+pre-prepare or becomes prepared. Each phase of one height thus gets a full
+timeout, so a healthy pipeline whose heights take longer than one timeout
+end to end (slow machines, big blocks: pre-prepare to commit took ~7 s with
+a 2 s timeout in a 16-node run on 2 cores) is not thrown away, while a stop
+is still noticed one timeout after the last phase. Why this is safe against
+a faulty primary:
+
+- Only the lowest height counts. Progress above it commits nothing, so a
+  primary that pre-prepares (or lets prepare) heights above a withheld one
+  restarts nothing.
+- Each restart is a one-way step of a bounded ladder: per (view, height) at
+  most PRE_PREPARED then PREPARED, each at most once (`Slot.timer_phase`,
+  cleared only by a view change, which restarts the timer anyway). A
+  replica accepts at most one pre-prepare per (view, height), so a primary
+  cannot renew the timer by pre-preparing again; it gets at most three
+  timeouts per height (to pre-prepare, to prepare, to commit) instead of
+  one: the chain can be slowed, as by any PBFT primary that delays just
+  under the timeout, but never halted -- each height commits or the view
+  changes within three timeouts.
+- The pre-prepare restart is the one a primary controls alone, and it is
+  kept because for big blocks it is the slow phase (transfer and checks).
+  It buys one timeout, never more: once the correct replicas have accepted
+  the pre-prepare, their PREPAREs alone (n - f >= q - 1 of them) prepare
+  the height whatever the faulty ones do; if it reaches fewer and the
+  faulty withhold their PREPAREs, the height never prepares, the replicas
+  that accepted it time out one timeout after accepting it, those that
+  never got it one timeout after the last commit.
+- PREPARED needs q-1 PREPAREs from others; with a faulty primary at least
+  f+1 of them are from correct replicas: progress the faulty ones cannot
+  fake among themselves. Commit is final.
+- A silent or crashed primary, or one that proposes nothing while there is
+  work, restarts nothing: it is replaced one timeout after the last commit,
+  as before.
+
+The primary itself waits two timeouts (`_timeout_now`): it sees its own
+pre-prepare at once but the next phase only after a round trip, and it has
+nothing to gain from leaving its own view early -- its backups are the ones
+that replace it (PBFT §4.4 runs the timer at backups), and it joins their
+VIEW-CHANGEs by the f+1 rule. Measured in the simulator with one-way delays
+of 0.6-0.8 timeouts (tests/sim/test_progress_timer.py), phase restarts alone
+still left correct primaries suspecting themselves out of healthy views.
 
 Epoch boundaries. Each (view, height) has exactly one primary, that of the
 epoch in force at the height, and a NEW-VIEW's re-proposals are signed by its
@@ -90,6 +137,7 @@ this API raises `ReplicaUsageError`; broken invariants are assertions.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,6 +208,14 @@ class Rng(Protocol):
 
 class ReplicaUsageError(Exception):
     """The caller (the node) used the replica's API wrongly. Never caused by peers."""
+
+
+class Phase(enum.IntEnum):
+    """How far a height got in the current view, as far as the progress timer cares."""
+
+    NONE = 0
+    PRE_PREPARED = 1  # a valid pre-prepare accepted
+    PREPARED = 2  # and q-1 matching PREPAREs from others
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +302,7 @@ class Slot:
     linked: bool = False  # prepared in the current view and its parent chain is too
     committed: CertifiedBlock | None = None  # committed-local, waiting for lower heights
     sent: list[Any] = field(default_factory=list)  # own signed messages (retransmission)
+    timer_phase: Phase = Phase.NONE  # highest phase that restarted the timer, this view
 
     def new_view(self) -> None:
         self.pre_prepare = None
@@ -254,6 +311,7 @@ class Slot:
         self.prepared = False
         self.linked = False
         self.sent = []
+        self.timer_phase = Phase.NONE
 
 
 class Replica:
@@ -281,6 +339,7 @@ class Replica:
             raise ReplicaUsageError(f"bad epochs: {exc}") from None
         self.dropped: Counter[str] = Counter()
         self.view_change_reasons: Counter[str] = Counter()
+        self.timer_restarts: Counter[str] = Counter()  # by phase of the lowest height
         self.evidence: list[Evidence] = []
         self._evidence_keys: set[tuple[int, bytes, int, int]] = set()
         self._out_persist: list[tuple[bytes, bytes | None]] = []
@@ -413,6 +472,7 @@ class Replica:
     def counters(self) -> dict[str, int]:
         out = {f"dropped/{k}": v for k, v in self.dropped.items()}
         out.update({f"view_change/{k}": v for k, v in self.view_change_reasons.items()})
+        out.update({f"timer_restart/{k}": v for k, v in self.timer_restarts.items()})
         return out
 
     # -- outputs -------------------------------------------------------------------------
@@ -566,9 +626,18 @@ class Replica:
             self.timer_ticks = 0
             return
         self.timer_ticks += 1
-        if self.timer_ticks >= self.timeout_ticks:
+        if self.timer_ticks >= self._timeout_now():
             reason = "new_view_timeout" if self.in_view_change else "progress_timeout"
             self._start_view_change(max(self.view, self.changing_view) + 1, reason)
+
+    def _timeout_now(self) -> int:
+        """Ticks the timer may run. A primary sees its own pre-prepare at once but the next
+        phase only a round trip later, and suspecting itself only serves to find a view
+        the others left it behind in (it would join their VIEW-CHANGEs anyway): it waits
+        twice as long, so it never leaves a healthy view before its backups do."""
+        if self.is_primary and not self.in_view_change:
+            return 2 * self.timeout_ticks
+        return self.timeout_ticks
 
     def _view_change_quorum(self) -> bool:
         """q replicas asked for this view or a later one (the latter will not come back)."""
@@ -590,6 +659,19 @@ class Replica:
         self.progress_ticks = 0
         self.timer_ticks = 0
         self.timeout_ticks = self._draw_timeout()
+
+    def _observe_phase(self, h: int, phase: Phase) -> None:
+        """Height h reached `phase` in this view: if h is the lowest uncommitted height and
+        had not got that far yet, restart the progress timer (module docstring, "Progress
+        timer"). The back-off, the jitter drawn and the retransmission count stay."""
+        if h != self.committed_height + 1 or self.in_view_change:
+            return
+        slot = self.slots.get(h)
+        if slot is None or phase <= slot.timer_phase:
+            return
+        slot.timer_phase = phase
+        self.timer_ticks = 0
+        self.timer_restarts[phase.name.lower()] += 1
 
     def _retransmit(self) -> None:
         """Re-send own signed votes for the lowest stuck heights (lossy links)."""
@@ -894,6 +976,7 @@ class Replica:
         self._remember_block(slot, pp.block)
         if sent:
             slot.sent.append(pp)
+        self._observe_phase(h, Phase.PRE_PREPARED)
         if self.node_id is not None and self.node_id != pp.replica:
             self._send_prepare(h, pp)
         self._check_prepared(h)
@@ -974,6 +1057,7 @@ class Replica:
         matching.sort(key=lambda p: vset.index(p.replica) or 0)
         slot.prepared = True
         self.pcerts[h] = PreparedCertificate(pp, tuple(matching[:need]))
+        self._observe_phase(h, Phase.PREPARED)
         self._try_commit(h)
 
     def _linked(self, h: int) -> bool:
