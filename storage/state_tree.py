@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -61,8 +60,9 @@ INTERNAL_PREFIX = b"smt/i/"
 LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
-NODE_CACHE_MAX = 32_768  # the top four levels of a 16-ary tree are 4,369 nodes; ~600 B each
-CACHE_DEPTH_MAX = 5  # committed caches depths 0-4; deeper nodes only when a proof reads them
+NODE_CACHE_MAX = 40_960  # slots: depths 0-3 (4,369 nodes) and 36,591 of the 65,536 of depth 4
+CACHE_DEPTH_MAX = 5  # the cache holds internal nodes of depths 0-4
+_UPPER_POSITIONS = 1 + 16 + 256 + 4096  # positions at depths 0-3: a slot each
 PROOF_LEVELS_MAX = NIBBLES
 
 _sha256 = hashlib.sha256
@@ -262,36 +262,81 @@ def _node_parts(raw: bytes) -> tuple[int, int, int]:
 class StateTree:
     """Reads and updates the tree; see the module docstring. Not thread-safe for updates.
 
-    The cache holds stored internal nodes by storage key, oldest out first.
-    `committed` adds the nodes an update wrote at depths 0-4 and drops the ones
-    it replaced, so a node's new version takes its old one's place instead of
-    pushing other nodes out, and the top levels, which every block rewrites,
-    stay. Deeper nodes (too many to keep, each hit at random) and leaves are
-    cached only when a proof reads them.
+    The cache holds internal nodes of depths 0-4 (`CACHE_DEPTH_MAX`) in
+    `cache_nodes_max` slots, each the node's storage key followed by its stored
+    bytes. A position has one slot: each of the 4,369 positions of depths 0-3
+    its own, the 65,536 of depth 4 share the rest (position modulo their
+    number). `committed` puts each node an update wrote in its position's
+    slot, over the version it replaced, and empties the slot of a node that
+    left no successor, so the cache holds the latest tree's top without any
+    ordering or eviction work; a lookup is by the exact storage key, so a slot
+    holding another position or version is a miss. Deeper nodes (too many to
+    keep, each hit at random) and leaves are always read. A proof fills only
+    empty slots, so proofs of old roots never push the latest nodes out.
+
+    Memory: about 520 B a slot at 1,000,000 records (depth-4 nodes of ~10
+    children), at most ~710 B (full nodes): 21-29 MB for the default 40,960.
     """
 
     def __init__(
         self, get: Callable[[bytes], bytes | None], *, cache_nodes_max: int = NODE_CACHE_MAX
     ) -> None:
+        if cache_nodes_max < 1:
+            raise ValueError("state tree: cache_nodes_max must be at least 1")
         self._get = get
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cache_max = cache_nodes_max
+        # slot i holds storage key + stored bytes of one internal node, or None
+        self._slots: list[bytes | None] = [None] * cache_nodes_max
+        self._d4_base = min(_UPPER_POSITIONS, cache_nodes_max - 1)
+        self._d4_mod = cache_nodes_max - self._d4_base
 
     # -- node access --------------------------------------------------------------
 
-    def _internal(self, key: bytes, remember: bool) -> bytes:
-        """Stored bytes of the internal node stored under `key` (checked for shape)."""
-        raw = self._cache.get(key)
-        if raw is not None:
-            return raw
+    def _slot(self, depth: int, path: bytes) -> int:
+        """The cache slot of the position at `depth` (< CACHE_DEPTH_MAX) on `path`'s nibbles.
+
+        `path` is a key hash, or a storage key's bytes after its depth byte.
+        """
+        if depth == 4:
+            return self._d4_base + (path[0] << 8 | path[1]) % self._d4_mod
+        if depth == 0:
+            number = 0
+        elif depth == 1:
+            number = 1 + (path[0] >> 4)
+        elif depth == 2:
+            number = 17 + path[0]
+        else:
+            number = 273 + (path[0] << 4 | path[1] >> 4)
+        return number % len(self._slots)
+
+    def _cached(self, key: bytes) -> bytes | None:
+        """The cached bytes of the internal node stored under `key`, or None."""
+        depth = key[len(INTERNAL_PREFIX)]
+        if depth >= CACHE_DEPTH_MAX:
+            return None
+        e = self._slots[self._slot(depth, key[len(INTERNAL_PREFIX) + 1 :])]
+        return e[len(key) :] if e is not None and e.startswith(key) else None
+
+    def _read_internal(self, key: bytes) -> bytes:
+        """Stored bytes of the internal node stored under `key`, read and checked for shape."""
         raw = self._get(key)
         if raw is None:
             raise TreeError(f"state tree node {key!r} is missing (pruned or corrupt store)")
         if type(raw) is not bytes:
             raw = bytes(raw)
         _node_parts(raw)
-        if remember:
-            self._remember(key, raw)
+        return raw
+
+    def _internal(self, key: bytes) -> bytes:
+        """`_read_internal` through the cache; a node read fills an empty slot of its position."""
+        raw = self._cached(key)
+        if raw is not None:
+            return raw
+        raw = self._read_internal(key)
+        depth = key[len(INTERNAL_PREFIX)]
+        if depth < CACHE_DEPTH_MAX:
+            i = self._slot(depth, key[len(INTERNAL_PREFIX) + 1 :])
+            if self._slots[i] is None:
+                self._slots[i] = key + raw
         return raw
 
     def _leaf(self, lhash: bytes, ver8: bytes) -> tuple[bytes, bytes]:
@@ -304,29 +349,32 @@ class StateTree:
             raw = bytes(raw)
         return raw[:32], raw[32:]
 
-    def _remember(self, key: bytes, raw: bytes) -> None:
-        cache = self._cache
-        cache[key] = raw
-        if len(cache) > self._cache_max:
-            for _ in range(len(cache) - self._cache_max):
-                cache.popitem(last=False)
-
     def committed(self, update: Update) -> None:
         """Cache the internal nodes of an update that has been written (optional; speeds reads).
 
         Only an update that was written: a cached node is trusted as stored.
+        Each node takes its position's slot, in place of the version it replaced.
         """
-        cache = self._cache
+        slots = self._slots
+        base, mod = self._d4_base, self._d4_mod
         nodes = iter(update.nodes)
         for key, raw in zip(nodes, nodes, strict=True):
-            cache[key] = raw
-        drop = cache.pop
-        for key in update.stale:  # replaced: a newer version is cached (or not needed)
-            drop(key, None)
-        if len(cache) > self._cache_max:
-            pop = cache.popitem
-            for _ in range(len(cache) - self._cache_max):
-                pop(last=False)
+            depth = key[6]  # after INTERNAL_PREFIX
+            i = base + (key[7] << 8 | key[8]) % mod if depth == 4 else self._slot(depth, key[7:])
+            if raw:
+                slots[i] = key + raw
+            elif (e := slots[i]) is not None and e.startswith(key):
+                slots[i] = None  # the node left no successor at its position
+
+    def cached_nodes(self) -> dict[bytes, bytes]:
+        """The cached internal nodes, storage key -> stored bytes (for tests and inspection)."""
+        out = {}
+        for e in self._slots:
+            if e is not None:
+                depth = e[len(INTERNAL_PREFIX)]
+                n = len(INTERNAL_PREFIX) + 1 + (depth + 1) // 2 + 8
+                out[e[:n]] = e[n:]
+        return out
 
     # -- reads ----------------------------------------------------------------------
 
@@ -347,7 +395,7 @@ class StateTree:
         while not is_leaf:
             if depth >= NIBBLES:
                 raise TreeError("state tree path longer than 64 nibbles (corrupt store)")
-            raw = self._internal(_position(depth, khash) + ver8, True)
+            raw = self._internal(_position(depth, khash) + ver8)
             bitmap, leafmask, vbase = _node_parts(raw)
             hashes = [raw[off : off + 32] for off in range(4, vbase, 32)]
             bit = 1 << nibble(khash, depth)
@@ -416,13 +464,18 @@ class _Batch:
     rarer changes of shape: a child added, removed or changing kind).
     """
 
-    __slots__ = ("cache", "get", "keys", "nodes", "puts", "stale", "tree", "vals", "ver8")
+    __slots__ = (
+        "d4_base", "d4_mod", "get", "keys", "nodes", "puts", "slots", "stale", "tree", "vals",
+        "ver8",
+    )  # fmt: skip
 
     def __init__(
         self, tree: StateTree, keys: list[bytes], vals: list[bytes | None], version: int
     ) -> None:
         self.tree = tree
-        self.cache = tree._cache
+        self.slots = tree._slots
+        self.d4_base = tree._d4_base
+        self.d4_mod = tree._d4_mod
         self.get = tree._get
         self.keys = keys
         self.vals = vals
@@ -434,7 +487,8 @@ class _Batch:
     def node(self, pos: bytes, depth: int, ver8: bytes, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) under the internal node at `pos` (version `ver8`)."""
         key = pos + ver8
-        raw = self.cache.get(key) or self.tree._internal(key, False)
+        e = self.slots[self.tree._slot(depth, self.keys[lo])] if depth < CACHE_DEPTH_MAX else None
+        raw = e[len(key) :] if e and e.startswith(key) else self.tree._read_internal(key)
         bitmap = raw[0] << 8 | raw[1]
         leafmask = raw[2] << 8 | raw[3]
         vbase = 4 + 32 * bitmap.bit_count()
@@ -510,7 +564,13 @@ class _Batch:
             pos = _POS_HEAD[depth] + k[:bi]
             bit = 1 << (b >> 4)
         key = pos + ver8
-        raw = self.cache.get(key) or self.tree._internal(key, False)
+        if depth == 4:  # the cached depth below the levels keys share
+            e = self.slots[self.d4_base + (k[0] << 8 | k[1]) % self.d4_mod]
+        elif depth < 4:
+            e = self.slots[self.tree._slot(depth, k)]
+        else:
+            e = None
+        raw = e[len(key) :] if e and e.startswith(key) else self.tree._read_internal(key)
         bitmap = raw[0] << 8 | raw[1]
         vbase = 4 + 32 * bitmap.bit_count()
         if not bitmap & bit:  # an empty slot: a new leaf, unless a delete of an absent key
@@ -580,14 +640,15 @@ class _Batch:
             bitmap ^= bit
             leafmask &= ~bit
             if not bitmap:
-                return _GONE
+                return self.vanish(depth, _GONE)
             if not bitmap & (bitmap - 1) and leafmask:  # a lone leaf is left: it moves up
                 r = 0 if idx else 1
-                return raw[4 + 32 * r : 36 + 32 * r], raw[vbase + 8 * r : vbase + 8 * r + 8], True
+                h, v8 = raw[4 + 32 * r : 36 + 32 * r], raw[vbase + 8 * r : vbase + 8 * r + 8]
+                return self.vanish(depth, (h, v8, True))
             hpart = raw[4:o] + raw[o + 32 : vbase]
             vpart = raw[vbase:vo] + raw[vo + 8 :]
         elif bitmap == bit and new[2]:  # its only child is now a leaf: it moves up
-            return new
+            return self.vanish(depth, new)
         elif new[2] == bool(leafmask & bit):  # same kind of child: splice in place
             out = b"".join((raw[:o], new[0], raw[o + 32 : vo], new[1], raw[vo + 8 :]))
             key = pos + self.ver8
@@ -601,6 +662,15 @@ class _Batch:
             hpart = b"".join((raw[4:o], new[0], raw[o + 32 : vbase]))
             vpart = b"".join((raw[vbase:vo], new[1], raw[vo + 8 :]))
         return self.put_node(pos, depth, bitmap, leafmask, hpart, vpart)
+
+    def vanish(self, depth: int, result: Any) -> Any:
+        """Note that the node just replaced (the last stale key) leaves no node at its position.
+
+        `committed` then empties its cache slot: no new version takes it over.
+        """
+        if depth < CACHE_DEPTH_MAX:
+            self.nodes += (self.stale[-1], b"")
+        return result
 
     def put_node(
         self, pos: bytes, depth: int, bitmap: int, leafmask: int, hpart: bytes, vpart: bytes
@@ -657,9 +727,9 @@ class _Batch:
                 hashes.append(c[0])
                 versions.append(c[1])
         if not hashes:
-            return _GONE
+            return self.vanish(depth, _GONE)
         if len(hashes) == 1 and new_lm:  # a lone leaf moves up
-            return hashes[0], versions[0], True
+            return self.vanish(depth, (hashes[0], versions[0], True))
         return self.put_node(pos, depth, new_bm, new_lm, b"".join(hashes), b"".join(versions))
 
     def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:

@@ -398,6 +398,7 @@ def test_cache_is_bounded_and_drops_replaced_nodes() -> None:
         tree.committed(up)
         root = up.root
         stale.update(up.stale)
-        assert len(tree._cache) <= 40
-        assert not stale & set(tree._cache)  # a replaced node never takes a cache slot
-        assert all(db[k] == raw for k, raw in tree._cache.items())
+        cached = tree.cached_nodes()
+        assert len(cached) <= 40
+        assert not stale & set(cached)  # a replaced node never takes a cache slot
+        assert all(db[k] == raw for k, raw in cached.items())

@@ -1,0 +1,287 @@
+"""The state tree's node cache: one slot per position of depths 0-3, shared slots for depth 4.
+
+The cache only saves reads: an update must come out the same, byte for byte,
+whatever the cache holds (warm, cold after a restart, filled by proofs of old
+roots, or holding nodes of updates that were never committed), and a node the
+cache does not hold is read from the store, so a pruned or corrupt one is a
+TreeError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from storage.state_tree import (
+    CACHE_DEPTH_MAX,
+    INTERNAL_PREFIX,
+    LEAF_PREFIX,
+    NodeRef,
+    StateTree,
+    TreeError,
+    Update,
+    internal_key,
+    key_hash,
+)
+
+UPPER = 1 + 16 + 256 + 4096  # positions of depths 0-3
+
+
+def vh(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def random_changes(
+    rng: random.Random, live: dict[bytes, bytes], fresh: int, updates: int, deletes: int
+) -> dict[bytes, bytes | None]:
+    changes: dict[bytes, bytes | None] = {}
+    for _ in range(fresh):
+        changes[key_hash(b"k%d" % rng.randrange(10**9))] = vh(b"%d" % rng.randrange(10**9))
+    existing = sorted(live)
+    for k in rng.sample(existing, min(updates, len(existing))):
+        changes[k] = vh(b"%d" % rng.randrange(10**9))
+    for k in rng.sample(existing, min(deletes, len(existing))):
+        changes[k] = None
+    return changes
+
+
+def apply(live: dict[bytes, bytes], changes: dict[bytes, bytes | None]) -> None:
+    for k, v in changes.items():
+        if v is None:
+            live.pop(k, None)
+        else:
+            live[k] = v
+
+
+def same(a: Update, b: Update) -> bool:
+    return (a.root, a.puts, sorted(a.stale)) == (b.root, b.puts, sorted(b.stale))
+
+
+def check_cache(tree: StateTree, db: dict[bytes, bytes], bound: int) -> None:
+    cached = tree.cached_nodes()
+    assert len(cached) <= bound
+    for key, raw in cached.items():
+        assert key.startswith(INTERNAL_PREFIX) and key[len(INTERNAL_PREFIX)] < CACHE_DEPTH_MAX
+        assert db[key] == raw  # a cached node is exactly the stored one
+
+
+@pytest.mark.parametrize("slots", [1, 7, UPPER + 40, 40_960])
+def test_warm_cache_gives_the_same_updates_as_no_cache(slots: int) -> None:
+    """Updates, deletes (down to the empty tree) and re-adds, warm tree against cold reads."""
+    rng = random.Random(slots)
+    db: dict[bytes, bytes] = {}
+    warm = StateTree(db.get, cache_nodes_max=slots)
+    root: NodeRef | None = None
+    live: dict[bytes, bytes] = {}
+    for version in range(1, 25):
+        if version == 12:
+            changes: dict[bytes, bytes | None] = dict.fromkeys(live)  # empty the tree
+        else:
+            fresh = 400 if version < 5 or 12 < version < 16 else 60
+            changes = random_changes(rng, live, fresh, 60, 30)
+        cold = StateTree(db.get, cache_nodes_max=1).update(root, changes, version)
+        up = warm.update(root, changes, version)
+        assert same(up, cold)
+        db.update(up.puts)
+        warm.committed(up)
+        for key in up.stale:  # pruned at once: the cache must not need them
+            db.pop(key)
+        root = up.root
+        apply(live, changes)
+        check_cache(warm, db, slots)
+        if version == 12:
+            assert root is None
+    assert len(live) > 1000
+    fresh = StateTree(db.get)
+    for k in rng.sample(sorted(live), 50):
+        assert warm.get(root, k) == live[k] == fresh.get(root, k)
+
+
+def test_restart_rebuilds_nothing_and_agrees() -> None:
+    """A tree made anew over the same store (a restart) starts cold and gives the same updates."""
+    rng = random.Random(11)
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get)
+    root: NodeRef | None = None
+    live: dict[bytes, bytes] = {}
+    for version in range(1, 8):
+        changes = random_changes(rng, live, 800, 100, 20)
+        up = tree.update(root, changes, version)
+        db.update(up.puts)
+        tree.committed(up)
+        root = up.root
+        apply(live, changes)
+    assert len(tree.cached_nodes()) > 1000
+    restarted = StateTree(db.get)
+    assert restarted.cached_nodes() == {}
+    for version in range(8, 12):
+        changes = random_changes(rng, live, 50, 100, 20)
+        a = tree.update(root, changes, version)
+        b = restarted.update(root, changes, version)
+        assert same(a, b)
+        db.update(a.puts)
+        tree.committed(a)
+        restarted.committed(b)
+        root = a.root
+        apply(live, changes)
+        check_cache(restarted, db, 40_960)
+
+
+def test_uncommitted_update_never_enters_the_cache() -> None:
+    """A block executed but not written, then another at the same height: no stale cache hit."""
+    rng = random.Random(5)
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get, cache_nodes_max=UPPER + 100)
+    live: dict[bytes, bytes] = {}
+    changes = random_changes(rng, live, 1500, 0, 0)
+    up = tree.update(None, changes, 1)
+    db.update(up.puts)
+    tree.committed(up)
+    apply(live, changes)
+    root = up.root
+    before = tree.cached_nodes()
+    abandoned = tree.update(root, random_changes(rng, live, 30, 30, 5), 2)
+    assert abandoned.nodes  # it would have cached nodes at version 2
+    assert tree.cached_nodes() == before
+    changes = random_changes(rng, live, 30, 30, 5)
+    got = tree.update(root, changes, 2)
+    assert same(got, StateTree(db.get, cache_nodes_max=1).update(root, changes, 2))
+
+
+def test_proofs_of_old_roots_fill_only_empty_slots() -> None:
+    rng = random.Random(9)
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get)
+    live: dict[bytes, bytes] = {}
+    roots: list[NodeRef | None] = [None]
+    for version in range(1, 6):
+        changes = random_changes(rng, live, 600, 80, 10)
+        up = tree.update(roots[-1], changes, version)
+        db.update(up.puts)
+        if version < 5:
+            tree.committed(up)  # the last one is not: its slots stay on version 4
+        roots.append(up.root)
+        apply(live, changes)
+    before = tree.cached_nodes()
+    for k in rng.sample(sorted(live), 100):
+        tree.prove(roots[1], k)  # old nodes of the same positions
+    after = tree.cached_nodes()
+    assert {k: v for k, v in after.items() if k in before} == before  # none displaced
+    check_cache(tree, db, 40_960)
+    changes = random_changes(rng, live, 40, 40, 10)
+    got = tree.update(roots[-1], changes, 6)
+    assert same(got, StateTree(db.get, cache_nodes_max=1).update(roots[-1], changes, 6))
+
+
+def test_slots_of_upper_levels_are_their_own() -> None:
+    """With room for them, depths 0-3 have a slot each that depth 4 never takes."""
+    tree = StateTree(lambda key: None, cache_nodes_max=UPPER + 10)
+    seen = set()
+    for first in range(256):
+        for second in range(0, 256, 16):
+            path = bytes((first, second))
+            for depth in range(4):
+                seen.add((depth, tree._slot(depth, path)))
+            assert UPPER <= tree._slot(4, path) < UPPER + 10
+    assert len({slot for _, slot in seen}) == len(seen) == UPPER
+
+
+def build(count: int, slots: int = 40_960) -> tuple[dict[bytes, bytes], StateTree, NodeRef]:
+    db: dict[bytes, bytes] = {}
+    tree = StateTree(db.get, cache_nodes_max=slots)
+    up = tree.update(None, {key_hash(b"%d" % i): vh(b"%d" % i) for i in range(count)}, 1)
+    db.update(up.puts)
+    tree.committed(up)
+    assert up.root is not None
+    return db, tree, up.root
+
+
+def test_pruned_or_corrupt_nodes_are_tree_errors() -> None:
+    db, tree, root = build(5000)
+    k = key_hash(b"17")
+    deep = sorted(
+        key for key in db if key.startswith(INTERNAL_PREFIX) and key[6] >= CACHE_DEPTH_MAX
+    )
+    assert deep  # 5,000 keys reach depth 5 somewhere
+    leaf = next(key for key in db if key.startswith(LEAF_PREFIX) and db[key][:32] == k)
+    saved = db.pop(leaf)
+    with pytest.raises(TreeError, match="missing"):
+        tree.update(root, {k: vh(b"new")}, 2)
+    with pytest.raises(TreeError, match="missing"):
+        tree.prove(root, k)
+    db[leaf] = saved[:40]
+    with pytest.raises(TreeError, match="malformed"):
+        tree.update(root, {k: vh(b"new")}, 2)
+    db[leaf] = saved
+    cold = StateTree(db.get, cache_nodes_max=1)
+    keys = [key_hash(b"%d" % i) for i in range(5000)]
+    for key in deep[:20]:  # below the cached depths: always read
+        below = next(kh for kh in keys if _on_path(key, kh))
+        raw = db.pop(key)
+        with pytest.raises(TreeError, match="missing"):
+            tree.update(root, {below: vh(b"x")}, 2)
+        with pytest.raises(TreeError, match="missing"):
+            tree.prove(root, below)
+        db[key] = raw[:-3]
+        with pytest.raises(TreeError, match="malformed"):
+            tree.update(root, {below: vh(b"x")}, 2)
+        db[key] = raw
+        assert tree.update(root, {below: vh(b"x")}, 2).root is not None
+    top = internal_key(1, k, 1)  # on k's path, cached
+    raw = db.pop(top)  # cached: the update does not need the store
+    assert tree.update(root, {k: vh(b"new")}, 2).root is not None
+    with pytest.raises(TreeError, match="missing"):
+        cold.update(root, {k: vh(b"new")}, 2)  # a restarted node reads it
+    db[top] = raw
+
+
+def test_cache_holds_the_live_nodes_after_many_blocks() -> None:
+    """After enough blocks every upper slot holds the live node of its position."""
+    db, tree, root = build(3000)
+    rng = random.Random(2)
+    for version in range(2, 12):
+        changes = {key_hash(b"%d" % rng.randrange(3000)): vh(b"v%d" % version) for _ in range(200)}
+        up = tree.update(root, changes, version)
+        db.update(up.puts)
+        tree.committed(up)
+        root = up.root
+    live = set()
+    stack: list[tuple[list[int], NodeRef]] = [([], root)]
+    while stack:  # walk the latest tree: every internal node of depth < 3 must be cached
+        path, ref = stack.pop()
+        if ref.is_leaf or len(path) >= 3:
+            continue
+        nibbles = path + [0] * (64 - len(path))
+        packed = bytes(nibbles[i] << 4 | nibbles[i + 1] for i in range(0, 64, 2))
+        key = internal_key(len(path), packed, ref.version)
+        assert _hash_of(db[key]) == ref.hash
+        live.add(key)
+        stack.extend(([*path, n], c) for n, c in _children(db[key]))
+    assert len(live) == 1 + 16 + 256
+    assert live <= set(tree.cached_nodes())
+
+
+def _hash_of(raw: bytes) -> bytes:
+    k = (raw[0] << 8 | raw[1]).bit_count()
+    return hashlib.sha256(b"\x01" + raw[:2] + raw[4 : 4 + 32 * k]).digest()
+
+
+def _on_path(key: bytes, khash: bytes) -> bool:
+    """Is the internal node stored under `key` on `khash`'s path?"""
+    depth = key[len(INTERNAL_PREFIX)]
+    return internal_key(depth, khash, 0)[:-8] == key[:-8]
+
+
+def _children(raw: bytes) -> list[tuple[int, NodeRef]]:
+    bitmap, leafmask = raw[0] << 8 | raw[1], raw[2] << 8 | raw[3]
+    k = bitmap.bit_count()
+    out, j = [], 0
+    for n in range(16):
+        if bitmap >> n & 1:
+            h = raw[4 + 32 * j : 36 + 32 * j]
+            v = int.from_bytes(raw[4 + 32 * k + 8 * j : 12 + 32 * k + 8 * j], "big")
+            out.append((n, NodeRef(h, v, bool(leafmask >> n & 1))))
+            j += 1
+    return out
