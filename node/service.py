@@ -26,7 +26,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import trio
@@ -282,7 +282,7 @@ class Node:
 
     async def _collect_garbage(self) -> None:
         """Run the collector on the node's schedule (see GC_YOUNG_INTERVAL_S)."""
-        last_full = time.monotonic()
+        last_full = last_trim = time.monotonic()
         while True:
             await trio.sleep(GC_YOUNG_INTERVAL_S)
             now = time.monotonic()
@@ -291,6 +291,9 @@ class Node:
                 last_full = now
             else:
                 gc.collect(1)
+            if now - last_trim >= MALLOC_TRIM_INTERVAL_S:
+                last_trim = now
+                await trio.to_thread.run_sync(trim_malloc)
 
     async def _tick(self) -> None:
         interval = self.config.consensus.tick_ms / 1000
@@ -757,26 +760,54 @@ class GcWatch:
             observe(generation, seconds)
 
 
+# glibc malloc, tuned so freed memory goes back to the system. Measured on one
+# validator of a 60 s closed-loop bench run: after the run, with nothing queued,
+# the malloc heap held 118 MB of which 40 MB were in use; the rest was free but
+# kept, so peak RSS only ever grew. Three settings, each a no-op elsewhere:
+# - at most MALLOC_ARENAS_MAX arenas: by default each thread that allocates may
+#   get one (up to 8 per core), and the verify, apply and LevelDB threads keep
+#   freed memory in separate heaps;
+# - a fixed mmap threshold: glibc raises it (up to 32 MB) each time a large
+#   buffer is freed, after which blocks, frames and batches of a few hundred KB
+#   come from the heap and fragment it; fixed, they are mapped and unmapped;
+# - `malloc_trim` every MALLOC_TRIM_INTERVAL_S (in a worker thread: it walks the
+#   free lists and hands whole free pages back, a few ms).
 MALLOC_ARENAS_MAX = 2
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_MMAP_THRESHOLD_BYTES = 256 * 1024
+MALLOC_TRIM_INTERVAL_S = 5.0
+_M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
+_M_MMAP_THRESHOLD = -3
 
 
-def limit_malloc_arenas() -> None:
-    """Ask glibc for at most MALLOC_ARENAS_MAX malloc arenas (before any thread starts).
-
-    By default each thread that allocates may get an arena of its own (up to 8 per
-    core); the node's verify, apply and LevelDB threads then keep freed memory in
-    separate heaps and peak RSS grows by hundreds of MB. Same effect as
-    MALLOC_ARENA_MAX=2 in the environment; a no-op where the C library is not glibc.
-    """
+@cache
+def _libc() -> Any | None:
     import ctypes
 
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def tune_malloc() -> None:
+    """Apply the settings above (before any thread starts)."""
+    libc = _libc()
+    if libc is None:
         return
-    mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
+    libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
+    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
+
+
+def trim_malloc() -> bool:
+    """Return the malloc heap's free pages to the system; False where that is not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 def tune_gc(node: Node) -> GcWatch:
@@ -800,7 +831,7 @@ def run(config: Any) -> int:
     """
     from storage.store import StoreError
 
-    limit_malloc_arenas()
+    tune_malloc()
     node = Node(config)
     watch = tune_gc(node)
     try:
