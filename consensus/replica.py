@@ -53,51 +53,67 @@ VIEW-CHANGEs, sends NEW-VIEW carrying them and the re-proposed blocks O,
 derived deterministically (`view_change.derive_blocks`); every backup
 re-derives O and rejects a NEW-VIEW whose O differs.
 
-Progress timer. The timer measures how long the lowest uncommitted height,
-committed + 1, has gone without a *phase* this replica can see: it restarts
-(to zero; the back-off stays) when that height commits -- and then the next
-height is the lowest -- and when, in the current view, it gets its accepted
-pre-prepare or becomes prepared. Each phase of one height thus gets a full
-timeout, so a healthy pipeline whose heights take longer than one timeout
-end to end (slow machines, big blocks: pre-prepare to commit took ~7 s with
-a 2 s timeout in a 16-node run on 2 cores) is not thrown away, while a stop
-is still noticed one timeout after the last phase. Why this is safe against
-a faulty primary:
+Progress timer. A replica suspects the primary only when the protocol shows
+no progress by either of two measures:
+
+- no *phase* of the lowest uncommitted height (committed + 1) for a timeout
+  (`timeout_ticks`: base, back-off, jitter). Its phases are: the height
+  below it committed (so it became the lowest), a valid pre-prepare for it
+  accepted in this view, it became prepared in this view. Each phase thus
+  gets a full timeout, so a height that takes longer than one timeout end
+  to end but keeps moving is not thrown away;
+- no commit for the *commit timeout*, learned: twice the longest of the
+  last COMMIT_GAPS_KEPT gaps between commits (ticks in a view with work),
+  at most `commit_timeout_factor_max` base timeouts. In a saturated
+  pipeline the lowest height is already prepared when it becomes the
+  lowest, votes queue behind the checks of the blocks above it, and the
+  gap between commits is the pace of the slowest resource, which may
+  exceed a timeout while everything is healthy (the run that prompted
+  this: 16 nodes on 2 cores, ~7 s from pre-prepare to commit, a 2 s
+  timeout). After a view change caused by a too-short timeout, the next
+  commit's gap includes the ticks spent waiting in the old view, so each
+  replica learns from it.
+
+On a fast chain the gaps are short, the commit timeout is below the base
+timeout, and a stop is noticed as before: one timeout after the last commit
+or phase. Why this is safe against a faulty primary:
 
 - Only the lowest height counts. Progress above it commits nothing, so a
   primary that pre-prepares (or lets prepare) heights above a withheld one
   restarts nothing.
-- Each restart is a one-way step of a bounded ladder: per (view, height) at
-  most PRE_PREPARED then PREPARED, each at most once (`Slot.timer_phase`,
-  cleared only by a view change, which restarts the timer anyway). A
-  replica accepts at most one pre-prepare per (view, height), so a primary
-  cannot renew the timer by pre-preparing again; it gets at most three
-  timeouts per height (to pre-prepare, to prepare, to commit) instead of
-  one: the chain can be slowed, as by any PBFT primary that delays just
-  under the timeout, but never halted -- each height commits or the view
-  changes within three timeouts.
-- The pre-prepare restart is the one a primary controls alone, and it is
-  kept because for big blocks it is the slow phase (transfer and checks).
-  It buys one timeout, never more: once the correct replicas have accepted
-  the pre-prepare, their PREPAREs alone (n - f >= q - 1 of them) prepare
-  the height whatever the faulty ones do; if it reaches fewer and the
-  faulty withhold their PREPAREs, the height never prepares, the replicas
-  that accepted it time out one timeout after accepting it, those that
-  never got it one timeout after the last commit.
+- Phases are a one-way ladder: per (view, height) at most PRE_PREPARED then
+  PREPARED, each once (`Slot.timer_phase`, cleared only by a view change,
+  which restarts the timer anyway). A replica accepts at most one
+  pre-prepare per (view, height), so a primary cannot renew the timer by
+  pre-preparing again. The pre-prepare phase is the one a primary controls
+  alone; it is kept because for big blocks it is the slow one (transfer
+  and checks), and it buys one timeout, never more: once the correct
+  replicas have accepted the pre-prepare, their PREPAREs alone (n - f >=
+  q - 1 of them) prepare the height whatever the faulty ones do; if it
+  reaches fewer and the faulty withhold their PREPAREs, the height never
+  prepares, the replicas that accepted it time out one timeout after
+  accepting it, those that never got it one timeout after the last commit.
 - PREPARED needs q-1 PREPAREs from others; with a faulty primary at least
   f+1 of them are from correct replicas: progress the faulty ones cannot
   fake among themselves. Commit is final.
+- So every height commits, or the view changes, within max(3 timeouts,
+  commit timeout) of the previous commit. A faulty primary can slow the
+  chain that far -- as any PBFT primary can slow it to just under its
+  timeout -- and, by committing slowly, raise the commit timeout up to its
+  cap, but never halt it. The cap also bounds how long a stop goes
+  unnoticed after a slow stretch; the gaps forget it after
+  COMMIT_GAPS_KEPT commits.
 - A silent or crashed primary, or one that proposes nothing while there is
-  work, restarts nothing: it is replaced one timeout after the last commit,
-  as before.
+  work, makes no phase: it is replaced one timeout (or commit timeout)
+  after the last commit.
 
-The primary itself waits two timeouts (`_timeout_now`): it sees its own
-pre-prepare at once but the next phase only after a round trip, and it has
-nothing to gain from leaving its own view early -- its backups are the ones
-that replace it (PBFT §4.4 runs the timer at backups), and it joins their
-VIEW-CHANGEs by the f+1 rule. Measured in the simulator with one-way delays
-of 0.6-0.8 timeouts (tests/sim/test_progress_timer.py), phase restarts alone
-still left correct primaries suspecting themselves out of healthy views.
+The primary itself waits two timeouts for a phase (`_progress_overdue`): it
+sees its own pre-prepare at once but the next phase only after a round
+trip, and it has nothing to gain from leaving its own view early -- its
+backups are the ones that replace it (PBFT §4.4 runs the timer at backups),
+and it joins their VIEW-CHANGEs by the f+1 rule. The simulator scenarios
+in tests/sim/test_progress_timer.py measure each of these rules: without
+any one of them, correct replicas still suspected healthy primaries.
 
 Epoch boundaries. Each (view, height) has exactly one primary, that of the
 epoch in force at the height, and a NEW-VIEW's re-proposals are signed by its
@@ -138,7 +154,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -198,6 +214,8 @@ BLOCKS_PER_HEIGHT_MAX = 4  # candidate blocks remembered per height (one per vie
 HINTS_MAX = 64  # peers whose unverifiable claims of a higher height are remembered
 EPOCH_UNKNOWN = "epoch_unknown"  # a certified block of an epoch we cannot know yet
 RECENT_HASHES_MAX = 4096  # committed (hash, timestamp) kept above the stable checkpoint
+COMMIT_GAPS_KEPT = 8  # recent gaps between commits the commit timeout is learned from
+COMMIT_GAP_FACTOR = 2  # the commit timeout allows twice the longest of them
 
 
 class Rng(Protocol):
@@ -227,6 +245,7 @@ class ReplicaConfig:
     block_bytes_max: int = 1536 * 1024
     view_change_timeout_ticks: int = 20  # node ticks every 100 ms
     view_change_backoff_max: int = 5  # timeout doubles per consecutive view change, 2**5 at most
+    commit_timeout_factor_max: int = 8  # learned commit timeout <= this many base timeouts
     retransmit_ticks: int = 10  # re-send own votes for stuck heights this often
     status_interval_ticks: int = 10  # StatusAnnouncement to all this often
     catchup_retry_ticks: int = 10  # re-ask another peer when a BlockRequest went unanswered
@@ -242,6 +261,7 @@ class ReplicaConfig:
             raise ValueError("need 1 <= pipeline_depth <= checkpoint_interval")
         for name in (
             "block_txs_max", "block_bytes_max", "view_change_timeout_ticks",
+            "commit_timeout_factor_max",
             "retransmit_ticks", "status_interval_ticks", "catchup_retry_ticks",
             "catchup_blocks_max", "future_messages_max", "held_pre_prepares_max", "evidence_max",
         ):  # fmt: skip
@@ -409,6 +429,10 @@ class Replica:
         self.consecutive_view_changes = 0
         self.progress_ticks = 0  # ticks with work pending and no commit (retransmission)
         self.timer_ticks = 0  # ticks counted towards the view-change timeout
+        self.phase_mark = 0  # timer_ticks when the lowest height last reached a phase
+        self.gap_ticks = 0  # ticks in a view with work since the last commit
+        self.commit_gaps: deque[int] = deque(maxlen=COMMIT_GAPS_KEPT)
+        self.commit_timeout_ticks = 0  # learned from commit_gaps (see "Progress timer")
         self.timeout_ticks = self._draw_timeout()
         self.catchup_target = max(self.stable_height, self.committed_height)
         self.catchup_last_tick = -(10**9)
@@ -626,18 +650,27 @@ class Replica:
             self.timer_ticks = 0
             return
         self.timer_ticks += 1
-        if self.timer_ticks >= self._timeout_now():
-            reason = "new_view_timeout" if self.in_view_change else "progress_timeout"
-            self._start_view_change(max(self.view, self.changing_view) + 1, reason)
+        next_view = max(self.view, self.changing_view) + 1
+        if self.in_view_change:
+            if self.timer_ticks >= self.timeout_ticks:
+                self._start_view_change(next_view, "new_view_timeout")
+            return
+        self.gap_ticks += 1
+        if self._progress_overdue():
+            self._start_view_change(next_view, "progress_timeout")
 
-    def _timeout_now(self) -> int:
-        """Ticks the timer may run. A primary sees its own pre-prepare at once but the next
-        phase only a round trip later, and suspecting itself only serves to find a view
-        the others left it behind in (it would join their VIEW-CHANGEs anyway): it waits
-        twice as long, so it never leaves a healthy view before its backups do."""
-        if self.is_primary and not self.in_view_change:
-            return 2 * self.timeout_ticks
-        return self.timeout_ticks
+    def _progress_overdue(self) -> bool:
+        """No phase of the lowest uncommitted height for a timeout, and no commit for the
+        commit timeout (module docstring, "Progress timer").
+
+        A primary sees its own pre-prepare at once but the next phase only a round trip
+        later, and suspecting itself only serves to find a view the others left it behind
+        in (it would join their VIEW-CHANGEs anyway): it waits two timeouts for a phase,
+        so it never leaves a healthy view before its backups do."""
+        phase_timeout = self.timeout_ticks * (2 if self.is_primary else 1)
+        if self.timer_ticks - self.phase_mark < phase_timeout:
+            return False
+        return self.timer_ticks >= max(self.timeout_ticks, self.commit_timeout_ticks)
 
     def _view_change_quorum(self) -> bool:
         """q replicas asked for this view or a later one (the latter will not come back)."""
@@ -658,7 +691,17 @@ class Replica:
     def _reset_timer(self) -> None:
         self.progress_ticks = 0
         self.timer_ticks = 0
+        self.phase_mark = 0
         self.timeout_ticks = self._draw_timeout()
+
+    def _learn_commit_gap(self) -> None:
+        """A commit: remember how long it took (ticks in a view with work) and let the
+        commit timeout allow twice the longest recent gap, capped."""
+        self.commit_gaps.append(self.gap_ticks)
+        self.gap_ticks = 0
+        cfg = self.config
+        cap = cfg.view_change_timeout_ticks * cfg.commit_timeout_factor_max
+        self.commit_timeout_ticks = min(cap, COMMIT_GAP_FACTOR * max(self.commit_gaps))
 
     def _observe_phase(self, h: int, phase: Phase) -> None:
         """Height h reached `phase` in this view: if h is the lowest uncommitted height and
@@ -670,7 +713,7 @@ class Replica:
         if slot is None or phase <= slot.timer_phase:
             return
         slot.timer_phase = phase
-        self.timer_ticks = 0
+        self.phase_mark = self.timer_ticks
         self.timer_restarts[phase.name.lower()] += 1
 
     def _retransmit(self) -> None:
@@ -1196,6 +1239,7 @@ class Replica:
         self.slots.pop(h, None)
         self.consecutive_view_changes = 0
         self.last_commit_tick = self.ticks
+        self._learn_commit_gap()
         self._reset_timer()
         self._try_commit(h + 1)
         self._retry_held()

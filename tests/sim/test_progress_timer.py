@@ -18,6 +18,7 @@ real replica, every step judged by the state checker:
 from __future__ import annotations
 
 import heapq
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from consensus.types import PrePrepare, ViewChange
+from consensus.types import NewView, PrePrepare, ViewChange
 from tests.sim.cluster import TICK_MS, Cluster, SimOptions
 from tests.sim.packet_simulator import NetworkOptions
 from tests.sim.sim_node import SimNode
@@ -52,6 +53,11 @@ class ScriptedCluster(Cluster):
         self.commit_ms: dict[tuple[int, int], int] = {}  # (slot, height) -> simulated ms
         self.last_commit_ms: dict[int, int] = {}  # view of the certificate -> simulated ms
         self.scripts: dict[int, Script] = {}
+        # a busy CPU per node: each delivered message waits for the ones before it and then
+        # takes cpu_ms(slot, message) to process (None: instant, the default simulator)
+        self.cpu_ms: Callable[[int, Any], int] | None = None
+        self._cpu_busy_until_ms: dict[int, int] = {}
+        self._cpu_queue: list[tuple[int, int, Any]] = []  # (done ms, seq, packet)
         self._held: list[tuple[int, int, SimNode, bytes, Any]] = []  # (release ms, seq, ...)
         self._held_seq = 0
 
@@ -77,13 +83,27 @@ class ScriptedCluster(Cluster):
                 self._schedule(release_ms, "release", node.slot)
 
     def _on_event(self, kind: str, slot: int) -> None:
-        if kind != "release":
+        if kind == "release":
+            while self._held and self._held[0][0] <= self.now_ms:
+                _, _, node, peer, payload = heapq.heappop(self._held)
+                if node.up:
+                    super()._route(node, peer, payload)
+        elif kind == "cpu":
+            while self._cpu_queue and self._cpu_queue[0][0] <= self.now_ms:
+                super()._deliver(heapq.heappop(self._cpu_queue)[2])
+        else:
             super()._on_event(kind, slot)
+
+    def _deliver(self, packet: Any) -> None:
+        if self.cpu_ms is None:
+            super()._deliver(packet)
             return
-        while self._held and self._held[0][0] <= self.now_ms:
-            _, _, node, peer, payload = heapq.heappop(self._held)
-            if node.up:
-                super()._route(node, peer, payload)
+        start_ms = max(self.now_ms, self._cpu_busy_until_ms.get(packet.dst, 0))
+        done_ms = start_ms + self.cpu_ms(packet.dst, packet.payload)
+        self._cpu_busy_until_ms[packet.dst] = done_ms
+        self._held_seq += 1
+        heapq.heappush(self._cpu_queue, (done_ms, self._held_seq, packet))
+        self._schedule(done_ms, "cpu", packet.dst)
 
 
 def _cluster(
@@ -159,6 +179,46 @@ def test_heights_slower_than_the_timeout_commit_without_view_changes(n: int, dep
     for node in cluster.nodes:
         restarts.update(node.replica.timer_restarts)
     assert restarts["pre_prepared"] > 0 and restarts["prepared"] > 0
+
+
+def _busy_cpus(cluster: ScriptedCluster, block_check_ms: int, message_ms: int = 10) -> None:
+    """Every node spends `block_check_ms` on each block it has not seen before (a
+    pre-prepare's, or a NEW-VIEW's re-proposals) and `message_ms` on any other message,
+    one message at a time in arrival order: votes wait behind the checks of blocks."""
+    seen: set[tuple[int, bytes]] = set()
+
+    def cost_ms(slot: int, message: Any) -> int:
+        if isinstance(message, PrePrepare | NewView):
+            pps = [message] if isinstance(message, PrePrepare) else list(message.pre_prepares)
+            new = {(slot, pp.digest) for pp in pps} - seen
+            seen.update(new)
+            return message_ms + block_check_ms * len(new)
+        return message_ms
+
+    cluster.cpu_ms = cost_ms
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_saturated_pipeline_learns_a_commit_timeout_and_settles(n: int) -> None:
+    """Each node checks each block for 0.9 base timeouts, and PREPAREs and COMMITs queue
+    behind those checks, so a height is prepared when it becomes the lowest and the gaps
+    between commits run to several timeouts. The replicas may suspect the primary while
+    they learn the pace (the first 20 s) but never afterwards, for 100 s. With phase
+    restarts alone this thrashed: 104 view changes in 120 s for n = 4 (with a block check
+    of 0.6 timeouts), and the old timer likewise."""
+    cluster = _cluster(n=n, depth=4)
+    _busy_cpus(cluster, block_check_ms=TIMEOUT_TICKS * TICK_MS * 9 // 10)
+    cluster.run_for(20_000)
+    learned = _view_changes(cluster)
+    start_ms, start_height = cluster.now_ms, cluster.correct_height_min()
+    cluster.run_for(100_000)
+    assert _view_changes(cluster) == learned
+    assert cluster.correct_height_min() >= start_height + 50
+    commits_ms = sorted(ms for (slot, _), ms in cluster.commit_ms.items() if slot == 1)
+    gaps_ms = [b - a for a, b in itertools.pairwise(t for t in commits_ms if t >= start_ms)]
+    assert max(gaps_ms) > 2 * TIMEOUT_MAX_MS  # the pace really is slower than a timeout
+    learners = [node for node in cluster.nodes if node.replica.commit_timeout_ticks > TIMEOUT_TICKS]
+    assert len(learners) >= cluster.quorum
 
 
 # -- primaries that stop, or stall ----------------------------------------------------------
