@@ -60,7 +60,7 @@ INTERNAL_PREFIX = b"smt/i/"
 LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
-NODE_CACHE_MAX = 40_960  # slots: depths 0-3 (4,369 nodes) and 36,591 of the 65,536 of depth 4
+NODE_CACHE_MAX = 57_344  # slots: depths 0-3 (4,369 nodes) and 52,975 of the 65,536 of depth 4
 CACHE_DEPTH_MAX = 5  # the cache holds internal nodes of depths 0-4
 _UPPER_POSITIONS = 1 + 16 + 256 + 4096  # positions at depths 0-3: a slot each
 PROOF_LEVELS_MAX = NIBBLES
@@ -323,7 +323,12 @@ class StateTree:
             raise TreeError(f"state tree node {key!r} is missing (pruned or corrupt store)")
         if type(raw) is not bytes:
             raw = bytes(raw)
-        _node_parts(raw)
+        if (
+            len(raw) < 4
+            or len(raw) != 4 + 40 * (raw[0] << 8 | raw[1]).bit_count()
+            or raw[:2] == b"\0\0"
+        ):
+            raise TreeError("malformed state tree node")
         return raw
 
     def _internal(self, key: bytes) -> bytes:
@@ -573,15 +578,26 @@ class _Batch:
         raw = e[len(key) :] if e and e.startswith(key) else self.tree._read_internal(key)
         bitmap = raw[0] << 8 | raw[1]
         vbase = 4 + 32 * bitmap.bit_count()
+        below = (bitmap & (bit - 1)).bit_count()
+        o = 4 + 32 * below
+        vo = vbase + 8 * below
         if not bitmap & bit:  # an empty slot: a new leaf, unless a delete of an absent key
             v = self.vals[t]
             if v is None:
                 return None
             self.stale.append(key)
-            return self.patch(pos, depth, raw, bitmap, vbase, bit, self.new_leaf(k, v))
-        below = (bitmap & (bit - 1)).bit_count()
-        o = 4 + 32 * below
-        vo = vbase + 8 * below
+            kv = k + v
+            h = _sha256(b"\x00" + kv).digest()
+            ver8 = self.ver8
+            self.puts[LEAF_PREFIX + h + ver8] = kv
+            head = _U16.pack(bitmap | bit) + _U16.pack((raw[2] << 8 | raw[3]) | bit)
+            hpart = raw[4:o] + h + raw[o:vbase]
+            out = head + hpart + raw[vbase:vo] + ver8 + raw[vo:]
+            key = pos + ver8
+            self.puts[key] = out
+            if depth < CACHE_DEPTH_MAX:
+                self.nodes += (key, out)
+            return _sha256(b"\x01" + head[:2] + hpart).digest(), ver8, False
         if (raw[2] << 8 | raw[3]) & bit:
             lhash, lver8 = raw[o : o + 32], raw[vo : vo + 8]
             lkey = LEAF_PREFIX + lhash + lver8
