@@ -705,8 +705,9 @@ class Replica:
 
     def _observe_phase(self, h: int, phase: Phase) -> None:
         """Height h reached `phase` in this view: if h is the lowest uncommitted height and
-        had not got that far yet, restart the progress timer (module docstring, "Progress
-        timer"). The back-off, the jitter drawn and the retransmission count stay."""
+        had not got that far yet, the phase timeout starts again from now (module
+        docstring, "Progress timer"). The commit timeout still counts from the last commit;
+        the back-off, the jitter drawn and the retransmission count stay."""
         if h != self.committed_height + 1 or self.in_view_change:
             return
         slot = self.slots.get(h)
