@@ -784,10 +784,32 @@ class _Batch:
     def split(
         self, lhash: bytes, lver8: bytes, lkey: bytes, depth: int, k: bytes, v: bytes
     ) -> _Ref:
-        """The slot at `depth` holding another key's leaf (`lkey`), with key `k` added."""
-        new = self.new_leaf(k, v)
-        old = (lhash, lver8, True)  # the other key's leaf moves down as it is
-        return self.build(depth, [(lkey, old), (k, new)] if lkey < k else [(k, new), (lkey, old)])
+        """The slot at `depth` holding another key's leaf (`lkey`), with key `k` added.
+
+        `build` for two leaves: a node where their nibbles first differ, holding
+        both (the other key's leaf moves down as it is), under a chain of
+        one-child nodes up to `depth` when they share more nibbles.
+        """
+        h, ver8, _ = self.new_leaf(k, v)
+        d = depth
+        while True:
+            if d >= NIBBLES:
+                raise TreeError("two distinct keys share all 64 nibbles")
+            a, b = lkey[d >> 1], k[d >> 1]
+            if d & 1:
+                a, b = a & 15, b & 15
+            else:
+                a, b = a >> 4, b >> 4
+            if a != b:
+                break
+            d += 1
+        hashes, versions = (lhash + h, lver8 + ver8) if a < b else (h + lhash, ver8 + lver8)
+        ref = self.put_node(_position(d, k), d, 1 << a | 1 << b, 1 << a | 1 << b, hashes, versions)
+        while d > depth:
+            d -= 1
+            bit = 1 << nibble(k, d)
+            ref = self.put_node(_position(d, k), d, bit, 0, ref[0], ref[1])
+        return ref
 
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
