@@ -164,7 +164,8 @@ class LevelStore:
 def run_blocks(
     st: ModuleType, store: Any, root: Any, version: int, args: argparse.Namespace
 ) -> Any:
-    tree = st.StateTree(store.get_meta, cache_nodes_max=args.cache_nodes)
+    cache = {} if args.cache_nodes is None else {"cache_nodes_max": args.cache_nodes}
+    tree = st.StateTree(store.get_meta, **cache)
     rng = random.Random(7)
     nxt = args.records
     upd_us, com_us = [], []
@@ -226,7 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--block", type=int, default=4000)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--get", choices=("dict", "leveldb", "both"), default="both")
     ap.add_argument(
@@ -241,7 +242,9 @@ def main() -> None:
         default="store",
         help="LevelDB block compression: store (as storage/store.py opens it), none, snappy",
     )
-    ap.add_argument("--cache-nodes", type=int, default=32_768, help="StateTree cache_nodes_max")
+    ap.add_argument(
+        "--cache-nodes", type=int, default=None, help="StateTree cache_nodes_max (its default)"
+    )
     ap.add_argument("--impl", default=None, help="path of another state_tree.py to measure")
     args = ap.parse_args()
     st = load_impl(args.impl)

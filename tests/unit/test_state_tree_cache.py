@@ -285,3 +285,8 @@ def _children(raw: bytes) -> list[tuple[int, NodeRef]]:
             out.append((n, NodeRef(h, v, bool(leafmask >> n & 1))))
             j += 1
     return out
+
+
+def test_cache_needs_a_slot() -> None:
+    with pytest.raises(ValueError, match="cache_nodes_max"):
+        StateTree(lambda key: None, cache_nodes_max=0)
