@@ -169,19 +169,26 @@ def run_blocks(
     rng = random.Random(7)
     nxt = args.records
     upd_us, com_us = [], []
+    written: dict[bytes, bytes] = {}  # values written by the blocks (--known)
     for b in range(args.warmup + args.blocks):
         version += 1
         half = args.block // 2
-        changes = {
-            record_key(st, rng.randrange(args.records)): rng.randbytes(32) for _ in range(half)
-        }
+        updated = [rng.randrange(args.records) for _ in range(half)]
+        changes = {record_key(st, i): rng.randbytes(32) for i in updated}
+        known = {}
+        if args.known:  # what the store would tell the node: each updated key's value hash
+            for i in updated:
+                k = record_key(st, i)
+                known[k] = written.get(k) or hashlib.sha256(b"%d" % i).digest()
+            written.update(changes)
         for i in range(nxt, nxt + args.block - half):
             changes[record_key(st, i)] = rng.randbytes(32)
         nxt += args.block - half
         if args.gc == "node":
             gc.collect(1)  # the node's own young collection, between blocks (not timed)
+        hint = {"known": known} if args.known else {}
         t0 = time.thread_time()
-        up = tree.update(root, changes, version)
+        up = tree.update(root, changes, version, **hint)
         t1 = time.thread_time()
         store.write(up.puts)
         t2 = time.thread_time()
@@ -244,6 +251,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--cache-nodes", type=int, default=None, help="StateTree cache_nodes_max (its default)"
+    )
+    ap.add_argument(
+        "--known",
+        action="store_true",
+        help="pass each updated key's current value hash (update's `known`): no leaf read",
     )
     ap.add_argument("--impl", default=None, help="path of another state_tree.py to measure")
     args = ap.parse_args()

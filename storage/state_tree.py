@@ -236,6 +236,7 @@ def decode_stale(raw: bytes) -> list[bytes]:
 
 _Ref = tuple[bytes, bytes, bool]
 _GONE: Any = object()  # a subtree that the update emptied (None: unchanged)
+_NOTHING: Mapping[bytes, bytes] = {}  # no known values
 _POS_HEAD = [INTERNAL_PREFIX + bytes((d,)) for d in range(NIBBLES)]
 _HIGH = [bytes((b & 0xF0,)) for b in range(256)]
 _BYTE = [bytes((b,)) for b in range(256)]
@@ -417,11 +418,21 @@ class StateTree:
     # -- updates ----------------------------------------------------------------------
 
     def update(
-        self, root: NodeRef | None, changes: Mapping[bytes, bytes | None], version: int
+        self,
+        root: NodeRef | None,
+        changes: Mapping[bytes, bytes | None],
+        version: int,
+        *,
+        known: Mapping[bytes, bytes] | None = None,
     ) -> Update:
         """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`.
 
         `version` must be above every version in the tree (the block height).
+        `known` (optional) maps key hashes to the value hashes the caller
+        believes they hold under `root`: a key whose leaf hash in the tree is
+        `leaf_hash(key, known value)` is known to be that leaf, which is then
+        not read. A wrong or stale entry only costs the read (the leaf hash
+        decides, so the result never depends on `known`).
         ValueError if a key or value hash is not 32 bytes.
         """
         if not changes:
@@ -432,7 +443,9 @@ class StateTree:
             raise ValueError("state tree: key hashes must be 32 bytes")
         if any(v is not None and len(v) != 32 for v in vals):
             raise ValueError("state tree: value hashes must be 32 bytes (or None)")
-        batch = _Batch(self, keys, vals, version)
+        if known and set(map(type, known.values())) != {bytes}:
+            raise ValueError("state tree: known value hashes must be bytes")
+        batch = _Batch(self, keys, vals, version, known or _NOTHING)
         n = len(keys)
         kind = 0 if root is None else 1 if root.is_leaf else 2
         rhash, rver = (b"", b"") if root is None else (root.hash, _U64.pack(root.version))
@@ -470,14 +483,20 @@ class _Batch:
     """
 
     __slots__ = (
-        "d4_base", "d4_mod", "get", "keys", "nodes", "puts", "slots", "stale", "tree", "vals",
-        "ver8",
+        "d4_base", "d4_mod", "get", "keys", "known", "nodes", "puts", "slots", "stale", "tree",
+        "vals", "ver8",
     )  # fmt: skip
 
     def __init__(
-        self, tree: StateTree, keys: list[bytes], vals: list[bytes | None], version: int
+        self,
+        tree: StateTree,
+        keys: list[bytes],
+        vals: list[bytes | None],
+        version: int,
+        known: Mapping[bytes, bytes],
     ) -> None:
         self.tree = tree
+        self.known = known
         self.slots = tree._slots
         self.d4_base = tree._d4_base
         self.d4_mod = tree._d4_mod
@@ -601,9 +620,11 @@ class _Batch:
         if (raw[2] << 8 | raw[3]) & bit:
             lhash, lver8 = raw[o : o + 32], raw[vo : vo + 8]
             lkey = LEAF_PREFIX + lhash + lver8
-            lraw = self.get(lkey)
-            if type(lraw) is not bytes or len(lraw) != 64:
-                lraw = b"".join(self.tree._leaf(lhash, lver8))  # raises if missing or malformed
+            ov = self.known.get(k)
+            if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
+                lraw = k + ov  # the key's own leaf, known without reading it
+            else:
+                lraw = self.leaf_bytes(lkey)
             v = self.vals[t]
             if lraw.startswith(k):  # the key's own leaf
                 if v is None:
@@ -769,9 +790,11 @@ class _Batch:
     def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
         """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
         key = LEAF_PREFIX + lhash + lver8
-        raw = self.get(key)
-        if type(raw) is not bytes or len(raw) != 64:
-            raw = b"".join(self.tree._leaf(lhash, lver8))  # raises if missing or malformed
+        ov = self.known.get(k)
+        if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
+            raw = k + ov
+        else:
+            raw = self.leaf_bytes(key)
         if raw.startswith(k):
             if raw[32:] == v:
                 return None
@@ -780,6 +803,17 @@ class _Batch:
         if v is None:
             return None  # deleting an absent key
         return self.split(lhash, lver8, raw[:32], depth, k, v)
+
+    def leaf_bytes(self, key: bytes) -> bytes:
+        """The stored leaf under `key` (key hash + value hash); TreeError if missing or malformed."""
+        raw = self.get(key)
+        if type(raw) is bytes and len(raw) == 64:
+            return raw
+        if raw is None:
+            raise TreeError(f"state tree leaf {key!r} is missing (pruned or corrupt store)")
+        if len(raw) != 64:
+            raise TreeError("malformed state tree leaf")
+        return bytes(raw)
 
     def split(
         self, lhash: bytes, lver8: bytes, lkey: bytes, depth: int, k: bytes, v: bytes

@@ -290,3 +290,44 @@ def _children(raw: bytes) -> list[tuple[int, NodeRef]]:
 def test_cache_needs_a_slot() -> None:
     with pytest.raises(ValueError, match="cache_nodes_max"):
         StateTree(lambda key: None, cache_nodes_max=0)
+
+
+def test_known_values_skip_leaf_reads_and_never_change_the_result() -> None:
+    """`known` value hashes replace leaf reads when the leaf hash proves them; else a read."""
+    db, tree, root = build(3000)
+    reads: list[bytes] = []
+
+    def counting_get(key: bytes) -> bytes | None:
+        reads.append(key)
+        return db.get(key)
+
+    rng = random.Random(4)
+    old = {key_hash(b"%d" % i): vh(b"%d" % i) for i in rng.sample(range(3000), 300)}
+    fresh = {key_hash(b"new%d" % i): vh(b"n%d" % i) for i in range(100)}
+    changes: dict[bytes, bytes | None] = {k: vh(b"u" + k) for k in old}
+    changes.update(fresh)
+    changes[next(iter(old))] = None  # a delete too
+    plain = StateTree(db.get, cache_nodes_max=1).update(root, changes, 2)
+    hinted = [
+        old,  # right: no leaf read for the updates
+        {k: vh(b"wrong" + k) for k in old},  # wrong: read, same result
+        {**old, **{k: vh(b"x") for k in fresh}},  # entries for absent keys: ignored
+    ]
+    leaf_reads = []
+    for known in hinted:
+        reads.clear()
+        got = StateTree(counting_get, cache_nodes_max=1).update(root, changes, 2, known=known)
+        assert same(got, plain)
+        leaf_reads.append(sum(key.startswith(LEAF_PREFIX) for key in reads))
+    assert leaf_reads[0] < 100 <= 300 <= leaf_reads[1]  # only the new keys' splits read
+    assert leaf_reads[2] == leaf_reads[0]
+    # a known value of another key's leaf (the one a new key splits) is no proof
+    reads.clear()
+    StateTree(counting_get, cache_nodes_max=1).update(root, fresh, 2)
+    split_leaves = {db[key][:32]: db[key][32:] for key in reads if key.startswith(LEAF_PREFIX)}
+    assert split_leaves
+    lying = {k: next(iter(split_leaves.values())) for k in fresh}
+    got = StateTree(db.get, cache_nodes_max=1).update(root, fresh, 2, known=lying)
+    assert same(got, StateTree(db.get, cache_nodes_max=1).update(root, fresh, 2))
+    with pytest.raises(ValueError, match="known"):
+        tree.update(root, changes, 2, known={next(iter(old)): "not bytes"})  # type: ignore[dict-item]
