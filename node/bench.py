@@ -22,8 +22,9 @@ How a run works
 3. Signed 200-byte record writes are generated and packed into msgpack batch
    bodies BEFORE timing starts. Submission then only moves bytes: one
    persistent HTTP connection per node, batches spread round-robin over the
-   nodes. Closed loop keeps at most `WINDOW_TXS` submitted-but-uncommitted
-   transactions; open loop releases `rate x OPEN_LOOP_TICK_S` transactions
+   nodes. Closed loop keeps at most `closed_window_txs(N)` (24,000 for N = 4)
+   submitted-but-uncommitted transactions, and its warm-up lasts until the
+   first window has committed; open loop releases `rate x OPEN_LOOP_TICK_S` transactions
    every tick whatever happens.
 4. Commits are timestamped from node0's `/blocks/stream` (server-sent events
    carry every block's tx hashes): submit-to-commit latency of every
@@ -68,7 +69,14 @@ SCALE_VALIDATORS = (4, 7, 10, 16)
 VALUE_BYTES = 200
 BATCH_TXS = 2000  # closed-loop batch size
 OPEN_LOOP_TICK_S = 0.05
-WINDOW_TXS = 24_000  # closed loop: most submitted-but-uncommitted transactions
+WINDOW_TXS = 24_000  # closed loop, 4 validators: most submitted-but-uncommitted transactions
+# Closed loop with more validators: the same load per validator (4 x WINDOW_TXS / N,
+# at least WINDOW_TXS_MIN). A fixed 24,000 was ~35 s of queue at N = 16, so the
+# run measured the flood of the first window, not a steady state.
+WINDOW_TXS_MIN = 8_000
+# Closed loop: warm-up also waits (at most this long) for the first window to
+# commit, so the measured window starts in a steady state.
+WARMUP_COMMIT_WAIT_MAX_S = 60.0
 VALID_FOR_BLOCKS = 9000  # below the default tx_ttl_blocks_max (10,000)
 CLIENTS_DEFAULT = 16
 CLIENTS_MAX = 4096
@@ -690,6 +698,10 @@ class Driver:
                 for url in self.net.urls:
                     submitters.start_soon(self._submit_loop, url)
                 await trio.sleep_until(self.measuring[0])
+                if self.mode == "closed":
+                    with trio.move_on_after(WARMUP_COMMIT_WAIT_MAX_S):
+                        while self.committed_seen < self.window_txs:
+                            await self._progress.wait()
                 await self._snapshot(win, pids, first=True)
                 # the window is timed from the snapshot, however long the node took to answer
                 self.measuring = (win.t0, win.t0 + window_s)
@@ -841,7 +853,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One timed window on a running net: the run's JSON document (`RUN_FIELDS`)."""
     pids = net.pids()
-    driver = Driver(net, batches, mode=mode, rate=rate)
+    driver = Driver(net, batches, mode=mode, rate=rate, window_txs=closed_window_txs(len(net.urls)))
     win = trio.run(driver.run, warmup_s, window_s, pids)
     return run_doc(net, driver, win, pids, ceiling_tps)
 
@@ -909,6 +921,11 @@ def run_doc(
 
 
 # -- scenarios ------------------------------------------------------------------------------------
+
+
+def closed_window_txs(validators: int) -> int:
+    """Most submitted-but-uncommitted transactions of a closed loop on `validators` nodes."""
+    return max(WINDOW_TXS_MIN, WINDOW_TXS * 4 // max(1, validators))
 
 
 def _warmup(duration: float) -> float:

@@ -107,6 +107,13 @@ def test_window_room_bounds_uncommitted_transactions() -> None:
     assert bench.window_room(10, 50, 100) == 100  # committed more than we sent (other clients)
 
 
+def test_closed_window_keeps_the_load_per_validator() -> None:
+    assert bench.closed_window_txs(4) == bench.WINDOW_TXS
+    assert bench.closed_window_txs(7) == bench.WINDOW_TXS * 4 // 7
+    assert bench.closed_window_txs(16) == bench.WINDOW_TXS_MIN  # 6,000 would be below it
+    assert bench.closed_window_txs(0) == bench.WINDOW_TXS * 4
+
+
 def test_pregen_count_covers_the_run() -> None:
     assert bench.pregen_count("open", 100, 10) >= 1000
     closed = bench.pregen_count("closed", None, 10)
