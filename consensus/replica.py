@@ -1238,6 +1238,12 @@ class Replica:
             del self.recent[min(self.recent)]
         self._out_committed.append(cb)
         self.slots.pop(h, None)
+        pc = self.pcerts.get(h)
+        if pc is not None and pc.pre_prepare.block.txs:
+            # kept until the next stable checkpoint for VIEW-CHANGEs, which carry a committed
+            # height's certificate stripped anyway (`_reported`): drop its transactions now
+            # (with blocks of thousands, a checkpoint interval of them was tens of MB)
+            self.pcerts[h] = self._reported(pc)
         self.consecutive_view_changes = 0
         self.last_commit_tick = self.ticks
         self._learn_commit_gap()

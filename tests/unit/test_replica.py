@@ -756,6 +756,21 @@ def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4
     assert [pp.block.txs for pp in nv.pre_prepares] == [(), (b"two",)]
 
 
+def test_committed_heights_keep_their_prepared_certificates_without_transactions() -> None:
+    """Certificates stay until a stable checkpoint, but a committed height's is kept
+    stripped (as VIEW-CHANGE would carry it): memory does not hold a window of blocks."""
+    c = Cluster(4)
+    c.cut = lambda s, d, m: isinstance(m, Commit) and d == 3
+    c.propose([b"one", b"uno"])
+    assert c.heights() == [1, 1, 1, 0]
+    for node in c.nodes[1:3]:
+        pc = node.replica.pcerts[1]
+        assert pc.pre_prepare.block.txs == () and pc.pre_prepare.block.header.tx_count == 2
+        assert pc.pre_prepare.digest == node.chain[0].block.hash()
+    # not committed: the whole block stays, it may have to be re-proposed
+    assert c.nodes[3].replica.pcerts[1].pre_prepare.block.txs == (b"one", b"uno")
+
+
 # -- catch-up across a membership change ----------------------------------------------------
 
 
