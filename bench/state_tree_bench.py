@@ -3,42 +3,56 @@
 Builds a tree of N records (default 1,000,000), then applies blocks of B
 writes (default 4,000: half updates of random existing keys, half new keys)
 the way the node does: `update` on the previous root, the node writes go to
-the store, then `committed`. The first W blocks (default 5) warm the node cache
-as a running node's is warm; the next K blocks (default 5) are measured.
-Figures are CPU time of this thread (a shared machine inflates wall time, and
-LevelDB compacts in threads of its own),
-microseconds per write for `update`, `committed` and their sum, median and
-best block over the K blocks. LevelDB writes are not included (the store
-pays them in the block's batch, with or without a tree).
+the store, then `committed`. The first W blocks (default 20) warm the node
+cache as a running node's is warm (its depth-4 slots fill as positions are
+written: ~77% after 20 blocks, all after ~60); the next K blocks (default 5)
+are measured. Figures are CPU time of this thread (a shared machine inflates
+wall time, and LevelDB compacts in threads of its own), microseconds per write
+for `update`, `committed` and their sum, median and best block over the K
+blocks. LevelDB writes are not included (the store pays them in the block's
+batch, with or without a tree).
 
 Garbage collection runs as in the node (`--gc node`: automatic collection off,
 young generations collected between blocks, untimed; `--gc auto` for Python's
 default thresholds, which add ~1 us a write).
 
 Reads go through a `get` like the node's (`ChainStore.get_meta`, a Python
-method behind an error-translating decorator that adds the meta prefix), over either a dict (`--get dict`: the
-tree's own cost) or a LevelDB opened with the store's options (`--get leveldb`:
-with the real cost of reading the nodes not in the cache). Then it reports
-the proof size of random keys (inclusion and absence) and the time to verify one.
+method behind an error-translating decorator that adds the meta prefix), over
+either a dict (`--get dict`: the tree's own cost) or a LevelDB opened with the
+store's own options, `storage/store.py`'s `_DB_OPTIONS` (`--get leveldb`: with
+the real cost of reading the nodes not in the cache; `--compression none`
+turns LevelDB's block compression off to show what it costs). `--known`
+passes each updated key's current value hash (`update(known=...)`), as the
+node could if its store kept value hashes: no leaf read for an update. Then it
+reports the proof size of random keys (inclusion and absence) and the time to
+verify one.
 
     .venv/bin/python bench/state_tree_bench.py [--records N] [--block B]
         [--warmup W] [--blocks K] [--get dict|leveldb|both] [--cache-nodes C]
-        [--impl path/to/state_tree.py]
+        [--compression store|none|snappy] [--known] [--impl path/to/state_tree.py]
 
 `--impl` loads another version of the module (e.g. `git show
 HEAD~3:storage/state_tree.py > /tmp/old_tree.py`) to compare on the same run.
 
-Measured 2026-11-26 on the shared 2-core VM (load average 8-10 from other
-guests; defaults: 1,000,000 records, blocks of 4,000, 5 warm-up blocks, median
-of 5, gc as the node runs it), CPU us per write, update + committed = total:
+Measured 2026-11-26 on the shared 2-core VM (load average 6-26 from other
+guests; defaults: 1,000,000 records, blocks of 4,000, 20 warm-up blocks,
+median of 5, gc as the node runs it), CPU us per write, update + committed =
+total, median of 3 runs (each a median of 5 blocks):
 
-    before (87640a6)  dict     27.8 + 4.7 = 32.5    leveldb  43.9 + 5.4 = 49.3
-    after             dict     12.7 + 1.3 = 14.0    leveldb  25.9 + 2.1 = 27.6
+                          dict                 leveldb (store: snappy)  leveldb, no compression
+    before (dcc9417)      14.5 + 2.1 = 16.4    29.7 + 2.4 = 32.3        22.1 + 2.4 = 24.4
+    after                 12.5 + 0.9 = 13.4    26.0 + 0.9 = 26.9
+    after, --known        12.1 + 0.8 = 12.9    22.5 + 0.9 = 23.6        18.8 + 0.9 = 19.8
 
-Through LevelDB about half of the cost is reading the nodes not cached: per
-write ~0.7 leaves, ~0.55 depth-4 and ~0.45 depth-5 nodes, at ~7 us a read
-while the database takes writes. `--cache-nodes 70000` (~+25 MB) keeps all of
-depth 4 and saves ~3 us a write there (after 40 warm-up blocks: 32.1 -> 28.8).
+(before: 32,768 nodes in an LRU, ~22 MB; after: 57,344 slots, ~28 MB at
+1,000,000 records.) Per write the update now reads ~0.7 leaves (~0.2 with
+`--known`: only those a new key splits), ~0.45 depth-5 and ~0.2-0.35 depth-4
+nodes. A read costs ~1 us from the dict but 8-15 us of CPU from LevelDB while
+it takes the blocks' writes (memtable and level-0 files to search; a cold
+compressed block to inflate: 8-10 us against ~2.5 us uncompressed when idle),
+so through LevelDB reads are still ~40% of the cost. The rest is Python: the
+SHA-256 and byte joins of the ~3 nodes a write rewrites (its depth-4 node, a
+share of the depth-3 ones, its leaf) and the walk.
 """
 
 from __future__ import annotations
