@@ -12,6 +12,7 @@ simulator can use a fast fake and the node can batch checks across threads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Protocol, cast
 
@@ -44,12 +45,32 @@ def sha256(data: bytes) -> bytes:
 
 
 def signing_bytes(domain: str, chain_id: str, payload: bytes) -> bytes:
-    """The exact bytes an Ed25519 signature covers.
+    """The exact bytes an Ed25519 signature covers: msgpack `[domain, chain_id, payload]`.
 
     A msgpack array is self-delimiting, so no (domain, chain, payload) triple
-    can be re-split into another one.
+    can be re-split into another one. Built as the cached packing of
+    `[domain, chain_id]`'s part plus the payload's bin header and bytes: the
+    same bytes as `msgpack.packb` (tests/unit/test_crypto.py checks every
+    header size), without a packer per call (every transaction and vote).
     """
-    return cast(bytes, msgpack.packb([domain, chain_id, payload], use_bin_type=True))
+    if type(payload) is not bytes:
+        return cast(bytes, msgpack.packb([domain, chain_id, payload], use_bin_type=True))
+    n = len(payload)
+    if n < 0x100:
+        header = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 0x10000:
+        header = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        header = b"\xc6" + n.to_bytes(4, "big")  # msgpack refuses bins of 4 GiB and more
+    return _signing_prefix(domain, chain_id) + header + payload
+
+
+@functools.lru_cache(maxsize=64)
+def _signing_prefix(domain: str, chain_id: str) -> bytes:
+    """msgpack of the 3-array header, `domain` and `chain_id` (a handful of pairs per node)."""
+    empty = cast(bytes, msgpack.packb([domain, chain_id, b""], use_bin_type=True))
+    assert empty.endswith(b"\xc4\x00")
+    return empty[:-2]
 
 
 class SigningKey:

@@ -211,3 +211,24 @@ def test_verifier_protocol_is_satisfied() -> None:
 
 def test_hash_helper_matches_hashlib() -> None:
     assert crypto.sha256(b"redwood") == hashlib.sha256(b"redwood").digest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 300, 65_535, 65_536, 200_000])
+def test_signing_bytes_equal_msgpack_of_the_triple_at_every_header_size(size: int) -> None:
+    import msgpack
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for domain in (Domain.TX, Domain.COMMIT):
+        for chain in ("redwood-test", "x" * 40, "ünï"):
+            want = msgpack.packb([domain, chain, payload], use_bin_type=True)
+            assert signing_bytes(domain, chain, payload) == want
+
+
+@given(st.text(max_size=50), st.text(max_size=50), st.binary(max_size=700))
+@settings(max_examples=300, deadline=None)
+def test_signing_bytes_equal_msgpack_of_any_triple(domain: str, chain: str, payload: bytes) -> None:
+    import msgpack
+
+    assert signing_bytes(domain, chain, payload) == msgpack.packb(
+        [domain, chain, payload], use_bin_type=True
+    )
