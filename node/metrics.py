@@ -56,6 +56,7 @@ VALIDATORS_TRACKED_MAX = 256  # per-validator series (bounded by the epoch's val
 LABEL_VALUES_MAX = 64  # distinct reasons exported per counter (the rest become "other")
 DB_SIZE_CACHE_S = 10.0  # the data directory is walked at most this often
 NODE_ID_LABEL_CHARS = 16
+TIMER_PHASES = ("pre_prepared", "prepared")  # consensus.replica.Phase, lower-cased
 
 
 class NodeMetrics:
@@ -341,6 +342,11 @@ _F = _Family
 FAMILIES = {
     "view_changes": _F("redwood_view_changes", "View changes this replica started, by reason.",
                        ("reason",), True),
+    "timer_restarts": _F("redwood_view_change_timer_restarts",
+                         "Restarts of the view-change timer by the next height's progress, by phase.",
+                         ("phase",), True),
+    "commit_timeout": _F("redwood_commit_timeout_ticks",
+                         "Learned commit timeout in replica ticks (0: none learned yet).", (), False),
     "consensus_dropped": _F("redwood_consensus_dropped_messages",
                             "Consensus messages the replica dropped, by reason.", ("reason",), True),
     "inflight": _F("redwood_inflight_heights",
@@ -425,6 +431,13 @@ class _SourcesCollector(Collector):
         reasons.update(_counts(getattr(replica, "view_change_reasons", None)))
         for reason, value in reasons.items():
             yield "view_changes", (_label(reason),), value
+        phases = dict.fromkeys(TIMER_PHASES, 0.0)
+        phases.update(_counts(getattr(replica, "timer_restarts", None)))
+        for phase, value in phases.items():
+            yield "timer_restarts", (_label(phase),), value
+        learned = _number(getattr(replica, "commit_timeout_ticks", None))
+        if learned is not None:
+            yield "commit_timeout", (), learned
         yield "consensus_dropped", None, 0.0
         for reason, value in _counts(getattr(replica, "dropped", None)):
             yield "consensus_dropped", (_label(reason),), value

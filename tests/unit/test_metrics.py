@@ -51,6 +51,8 @@ class FakeReplica:
     dropped: Counter[str] = field(default_factory=Counter)
     committed_height: int = 10
     slots: dict[int, FakeSlot] = field(default_factory=dict)
+    timer_restarts: Counter[str] = field(default_factory=Counter)
+    commit_timeout_ticks: int = 0
 
 
 @dataclass
@@ -212,6 +214,10 @@ def test_mempool_and_replica_counters_are_read_at_scrape_time() -> None:
         assert value(m, "redwood_view_changes_total", reason=reason) == 0
     assert value(m, "redwood_consensus_dropped_messages_total", reason="stale_view") == 9
     assert value(m, "redwood_inflight_heights") == 2  # 11 and 12: above 10, pre-prepared
+    replica.timer_restarts["prepared"] += 3
+    replica.commit_timeout_ticks = 57
+    assert value(m, "redwood_view_change_timer_restarts_total", phase="prepared") == 3
+    assert value(m, "redwood_commit_timeout_ticks") == 57
 
 
 def test_readiness_and_db_size(tmp_path: Path) -> None:
