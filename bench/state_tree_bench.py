@@ -45,7 +45,8 @@ total, median of 3 runs (each a median of 5 blocks):
     after, --known        12.1 + 0.8 = 12.9    22.5 + 0.9 = 23.6        18.8 + 0.9 = 19.8
 
 (before: 32,768 nodes in an LRU, ~22 MB; after: 57,344 slots, ~28 MB at
-1,000,000 records.) Per write the update now reads ~0.7 leaves (~0.2 with
+1,000,000 records.) With `--warmup 60` (a warmer cache, a bigger database; one
+run each) through LevelDB: 38.4 before, 30.4 after, 23.5 with `--known`. Per write the update now reads ~0.7 leaves (~0.2 with
 `--known`: only those a new key splits), ~0.45 depth-5 and ~0.2-0.35 depth-4
 nodes. A read costs ~1 us from the dict but 8-15 us of CPU from LevelDB while
 it takes the blocks' writes (memtable and level-0 files to search; a cold
