@@ -291,6 +291,26 @@ def test_reopen_keeps_everything(path: pathlib.Path) -> None:
         assert s.head_height() == 41
 
 
+def test_a_store_written_with_snappy_compression_reads_and_continues(
+    path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores of nodes from before compression was turned off keep working."""
+    from storage import store as store_module
+
+    assert store_module._DB_OPTIONS["compression"] is None
+    monkeypatch.setitem(store_module._DB_OPTIONS, "compression", "snappy")
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        blocks = commit_chain(s, 30)
+        s._db.compact_range()  # into tables written with snappy
+    monkeypatch.setitem(store_module._DB_OPTIONS, "compression", None)
+    with ChainStore.open(path) as s:
+        assert s.get_blocks(1, 30, 10**9) == blocks
+        assert s.get_record(b"k") == RecordVersion(b"k", b"v30", 30, 30, 0)
+        commit_chain(s, 5)
+        assert s.head_height() == 35
+        assert s.get_blocks(1, 35, 10**9)[:30] == blocks
+
+
 def test_genesis_hash_mismatch_is_refused(path: pathlib.Path) -> None:
     ChainStore.open(path, genesis_hash=GENESIS_HASH).close()
     with pytest.raises(StoreError, match="another chain") as exc:
