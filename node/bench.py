@@ -74,6 +74,7 @@ WINDOW_TXS = 24_000  # closed loop, 4 validators: most submitted-but-uncommitted
 # at least WINDOW_TXS_MIN). A fixed 24,000 was ~35 s of queue at N = 16, so the
 # run measured the flood of the first window, not a steady state.
 WINDOW_TXS_MIN = 8_000
+RSS_SAMPLE_S = 0.5  # how often each node's anonymous RSS is sampled
 # Closed loop: warm-up also waits (at most this long) for the first window to
 # commit, so the measured window starts in a steady state.
 WARMUP_COMMIT_WAIT_MAX_S = 60.0
@@ -271,6 +272,14 @@ def vm_hwm_kib(status_text: str) -> int | None:
     return None
 
 
+def rss_anon_kib(status_text: str) -> int | None:
+    """Anonymous resident memory (RssAnon, KiB): the heap, not mapped files."""
+    for line in status_text.splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return None
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
@@ -288,6 +297,11 @@ def process_peak_rss_mb(pid: int) -> float | None:
     text = _read(f"/proc/{pid}/status")
     kib = None if text is None else vm_hwm_kib(text)
     return None if kib is None else round(kib / 1024, 1)
+
+
+def process_rss_anon_kib(pid: int) -> int | None:
+    text = _read(f"/proc/{pid}/status")
+    return None if text is None else rss_anon_kib(text)
 
 
 def load_average() -> list[float]:
@@ -646,6 +660,9 @@ class Window:
     cpu1: list[float | None] = field(default_factory=list)
     self_cpu0: float = 0.0
     self_cpu1: float = 0.0
+    # peak RssAnon (KiB) of each node over warm-up and window, sampled every RSS_SAMPLE_S:
+    # VmHWM also counts the pages of LevelDB's memory-mapped table files (page cache)
+    anon_peak_kib: dict[int, int] = field(default_factory=dict)
 
 
 class Driver:
@@ -692,6 +709,7 @@ class Driver:
             with trio.fail_after(30):
                 await self._connected.wait()
             self.started = trio.current_time()
+            nursery.start_soon(self._sample_rss, win, pids)
             self.measuring = (self.started + warmup_s, self.started + warmup_s + window_s)
             self.stop_at = self.measuring[1]
             async with trio.open_nursery() as submitters:
@@ -717,6 +735,14 @@ class Driver:
                     await self._progress.wait()
             nursery.cancel_scope.cancel()
         return win
+
+    async def _sample_rss(self, win: Window, pids: list[int | None]) -> None:
+        while True:
+            for pid in pids:
+                kib = None if pid is None else process_rss_anon_kib(pid)
+                if pid is not None and kib is not None:
+                    win.anon_peak_kib[pid] = max(kib, win.anon_peak_kib.get(pid, 0))
+            await trio.sleep(RSS_SAMPLE_S)
 
     async def _snapshot(self, win: Window, pids: list[int | None], *, first: bool) -> None:
         status = await trio.to_thread.run_sync(status_of, self.net.urls[0])
@@ -877,6 +903,9 @@ def run_doc(
                 "pid": pid,
                 "cpu_percent": cpu,
                 "rss_peak_mb": pid and process_peak_rss_mb(pid),
+                "rss_anon_peak_mb": (
+                    round(win.anon_peak_kib[pid] / 1024, 1) if pid in win.anon_peak_kib else None
+                ),
             }
         )
     tps = committed / elapsed
@@ -1224,12 +1253,13 @@ def run_line(doc: dict[str, Any]) -> str:
     lat = doc["latency_ms"]
     cpu = ", ".join(f"{n['cpu_percent']}%" for n in doc["nodes"] if n["cpu_percent"] is not None)
     rss = max((n["rss_peak_mb"] or 0 for n in doc["nodes"]), default=0)
+    anon = max((n.get("rss_anon_peak_mb") or 0 for n in doc["nodes"]), default=0)
     return (
         f"  N={doc['validators']} {doc['committed_tps']:.0f} tx/s committed (ratio {doc['ratio']}), "
         f"p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, blocks {doc['blocks']} "
         f"of {doc['block_txs_mean']} txs every {doc['block_interval_ms']['mean']} ms, "
         f"cpu [{cpu}] = {doc['node_cpu_us_per_tx']} us/tx/node (efficiency {doc['efficiency']}), "
-        f"loadgen {doc['loadgen_cpu_percent']}%, peak rss {rss} MB, "
+        f"loadgen {doc['loadgen_cpu_percent']}%, peak rss {rss} MB (heap {anon} MB), "
         f"load {doc['load_average']}"
     )
 
@@ -1250,6 +1280,9 @@ def summarise(scenario: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "latency_p99_ms_median": _median(runs, lambda r: r["latency_ms"]["p99"]),
             "rss_peak_mb_max": max(
                 (n["rss_peak_mb"] or 0 for r in runs for n in r["nodes"]), default=None
+            ),
+            "rss_anon_peak_mb_max": max(
+                (n.get("rss_anon_peak_mb") or 0 for r in runs for n in r["nodes"]), default=None
             ),
         }
     if scenario == "scale":

@@ -177,6 +177,9 @@ def test_cpu_seconds_handles_spaces_and_parens_in_the_name() -> None:
 def test_vm_hwm() -> None:
     assert bench.vm_hwm_kib("Name:\tx\nVmHWM:\t  204800 kB\nVmRSS:\t1 kB\n") == 204800
     assert bench.vm_hwm_kib("Name:\tx\n") is None
+    text = "VmHWM:\t  204800 kB\nRssAnon:\t  99000 kB\nRssFile:\t  105800 kB\n"
+    assert bench.rss_anon_kib(text) == 99000
+    assert bench.rss_anon_kib("Name:\tx\n") is None
 
 
 def test_own_process_is_measurable() -> None:
@@ -184,6 +187,7 @@ def test_own_process_is_measurable() -> None:
 
     assert bench.process_cpu_s(os.getpid()) is not None
     assert (bench.process_peak_rss_mb(os.getpid()) or 0) > 1
+    assert (bench.process_rss_anon_kib(os.getpid()) or 0) > 1024
 
 
 # -- output shape -----------------------------------------------------------------------
@@ -195,7 +199,10 @@ def _run(tps: float, p50: float, n: int = 4) -> dict[str, Any]:
         "committed_tps": tps,
         "ratio": tps / 8000,
         "latency_ms": {"p50": p50, "p99": 2 * p50},
-        "nodes": [{"rss_peak_mb": 100.0}, {"rss_peak_mb": 120.0}],
+        "nodes": [
+            {"rss_peak_mb": 100.0, "rss_anon_peak_mb": 90.0},
+            {"rss_peak_mb": 120.0, "rss_anon_peak_mb": 80.0},
+        ],
     }
 
 
@@ -205,6 +212,7 @@ def test_summary_takes_medians() -> None:
     assert s["latency_p50_ms_median"] == 20
     assert s["latency_p99_ms_median"] == 40
     assert s["rss_peak_mb_max"] == 120.0
+    assert s["rss_anon_peak_mb_max"] == 90.0
 
 
 def test_scale_summary_compares_total_work() -> None:
@@ -243,6 +251,7 @@ def test_smoke_throughput_run_writes_the_json(tmp_path: Path) -> None:
     assert run["chain_txs"] >= run["committed_txs"]
     assert run["latency_ms"]["count"] > 0
     assert len(run["nodes"]) == 4 and all(n["rss_peak_mb"] for n in run["nodes"])
+    assert all(0 < n["rss_anon_peak_mb"] <= n["rss_peak_mb"] for n in run["nodes"])
     assert "committed_tps_median" in proc.stdout
 
 
