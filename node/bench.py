@@ -528,14 +528,12 @@ _CEILING_CPU_TPS: float | None = None  # set by `run`: the pipeline's CPU-time r
 
 
 def choose_base_port(nodes: int) -> int:
-    from node.localnet import port_in_use
+    from node.localnet import choose_base_port as choose
 
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - 10 * nodes, 10)
-        if not any(port_in_use(p) for p in range(base, base + 10 * nodes)):
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
+    try:
+        return choose(nodes)
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def add_members(testnet: Any, count: int) -> list[tuple[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -242,6 +243,33 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections (Linux; else its default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def choose_base_port(nodes: int, ports_per_node: int = 10, rng: random.Random | None = None) -> int:
+    """A base port whose whole range is free now and outside the ephemeral range.
+
+    Outside it, because a node restarted on its ports (bench catchup, fault
+    tests) must not find one taken as the source port of some outgoing connection.
+    """
+    rng = rng or random.Random()
+    span = nodes * ports_per_node
+    low, high = ephemeral_port_range()
+    for _ in range(200):
+        base = rng.randrange(10_000, 60_000 - span, 10)
+        if base + span > low and base < high:
+            continue
+        if not any(port_in_use(p) for p in range(base, base + span)):
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1 outside the ephemeral ports")
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

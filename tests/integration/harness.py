@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,40 +24,16 @@ from typing import Any
 
 import httpx
 
+from node.localnet import choose_base_port as localnet_base_port
+
 PORTS_PER_NODE = 10
 POLL_INTERVAL_S = 0.05
 
 
-def ports_free(base: int, count: int) -> bool:
-    for port in range(base, base + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 def choose_base_port(nodes: int, rng: random.Random | None = None) -> int:
-    """A base port whose whole range (PORTS_PER_NODE per node) is free right now."""
-    rng = rng or random.Random()
-    span = nodes * PORTS_PER_NODE
-    low, high = _ephemeral_range()
-    for _ in range(200):
-        base = rng.randrange(10_000, 60_000 - span, 10)
-        if base + span > low and base < high:
-            continue  # never collide with the kernel's ephemeral ports (outgoing connections)
-        if ports_free(base, span):
-            return base
-    raise RuntimeError("no free port range found on 127.0.0.1")
+    """A base port whose whole range (PORTS_PER_NODE per node) is free right now, outside
+    the kernel's ephemeral ports (node.localnet.choose_base_port)."""
+    return localnet_base_port(nodes, PORTS_PER_NODE, rng)
 
 
 def wait_until(

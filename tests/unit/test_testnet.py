@@ -160,3 +160,19 @@ def test_init_home_layout_and_refusal(tmp_path: Path) -> None:
     with pytest.raises(HomeError, match="already exists"):
         init_home(home)
     assert init_home(home, force=True).public != key.public
+
+
+def test_base_ports_are_free_and_outside_the_ephemeral_range(monkeypatch) -> None:
+    import random
+
+    from node import localnet
+
+    monkeypatch.setattr(localnet, "ephemeral_port_range", lambda: (15_000, 55_000))
+    rng = random.Random(7)
+    for _ in range(50):
+        base = localnet.choose_base_port(16, 10, rng)
+        assert base + 160 <= 15_000 or base >= 55_000
+        assert not any(localnet.port_in_use(p) for p in (base, base + 159))
+    monkeypatch.setattr(localnet, "ephemeral_port_range", lambda: (0, 65_535))
+    with pytest.raises(RuntimeError, match="ephemeral"):
+        localnet.choose_base_port(4, 10, rng)
