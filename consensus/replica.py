@@ -70,9 +70,14 @@ no progress by either of two measures:
   gap between commits is the pace of the slowest resource, which may
   exceed a timeout while everything is healthy (the run that prompted
   this: 16 nodes on 2 cores, ~7 s from pre-prepare to commit, a 2 s
-  timeout). After a view change caused by a too-short timeout, the next
-  commit's gap includes the ticks spent waiting in the old view, so each
-  replica learns from it.
+  timeout). A gap counts from the last commit or from entering the current
+  view, whichever is later: the ticks spent waiting for a primary that was
+  then replaced are the timeout itself, not the chain's pace (counting them
+  let every replaced primary double the commit timeout up to its cap: a
+  30 s stall after two faulty primaries in a row in the long fault run).
+  After a view change caused by a too-short timeout, the new view's first
+  commit still takes as long as the pipeline needs, so the replica learns
+  from it.
 
 On a fast chain the gaps are short, the commit timeout is below the base
 timeout, and a stop is noticed as before: one timeout after the last commit
@@ -1589,6 +1594,7 @@ class Replica:
         self.changing_view = w
         self.in_view_change = False
         self._persist(journal_codec.ENTERED_KEY, journal_codec.encode_view(w))
+        self.gap_ticks = 0  # the wait for the old primary is not the chain's pace
         for key in [key for key in self.votes if key[1] < w]:
             del self.votes[key]
             self._persist(journal_codec.vote_key(*key), None)

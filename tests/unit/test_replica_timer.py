@@ -143,3 +143,24 @@ def test_commit_timeout_is_twice_the_recent_commit_gap_capped(
 def test_commit_timeout_factor_max_must_be_positive() -> None:
     with pytest.raises(ValueError, match="commit_timeout_factor_max"):
         ReplicaConfig(chain_id=CHAIN_ID, commit_timeout_factor_max=0)
+
+
+def test_the_wait_for_a_replaced_primary_is_not_learned_as_a_commit_gap() -> None:
+    """A gap counts from the last commit or from entering the view, whichever is later:
+    otherwise each replaced primary doubles the commit timeout (up to its cap), and two
+    faulty primaries in a row stalled the long fault run for over 30 s."""
+    from tests.unit.test_replica import _silence_primary_and_tick
+
+    c = Cluster(4, view_change_timeout_ticks=TIMEOUT_TICKS)
+    _silence_primary_and_tick(c)  # view 0's primary cut off: everyone moves to view 1
+    live = c.nodes[1:]
+    assert all(n.replica.view == 1 for n in live)
+    waited = max(n.replica.ticks for n in live)
+    assert waited > TIMEOUT_TICKS  # the old view cost at least one timeout
+    c.cut = lambda s, d, m: s == 0 or d == 0
+    assert c.propose([b"after"])  # by view 1's primary
+    for n in live:
+        assert n.height == 1
+        (gap,) = n.replica.commit_gaps
+        assert gap < TIMEOUT_TICKS  # only the new view's ticks, not the wait before it
+        assert n.replica.commit_timeout_ticks < TIMEOUT_TICKS
