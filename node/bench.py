@@ -265,20 +265,23 @@ def cpu_seconds(stat_text: str, ticks_per_s: float) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks_per_s
 
 
-def vm_hwm_kib(status_text: str) -> int | None:
-    """Peak resident set (VmHWM, KiB) from /proc/PID/status text."""
+def status_kib(status_text: str, name: str) -> int | None:
+    """A KiB field (`VmHWM`, `RssAnon`, ...) of /proc/PID/status text."""
+    prefix = name + ":"
     for line in status_text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(prefix):
             return int(line.split()[1])
     return None
+
+
+def vm_hwm_kib(status_text: str) -> int | None:
+    """Peak resident set (VmHWM, KiB)."""
+    return status_kib(status_text, "VmHWM")
 
 
 def rss_anon_kib(status_text: str) -> int | None:
     """Anonymous resident memory (RssAnon, KiB): the heap, not mapped files."""
-    for line in status_text.splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    return None
+    return status_kib(status_text, "RssAnon")
 
 
 def _read(path: str) -> str | None:
@@ -737,9 +740,9 @@ class Driver:
 
     async def _sample_rss(self, win: Window, pids: list[int | None]) -> None:
         while True:
-            for pid in pids:
-                kib = None if pid is None else process_rss_anon_kib(pid)
-                if pid is not None and kib is not None:
+            for pid in filter(None, pids):
+                kib = process_rss_anon_kib(pid)
+                if kib is not None:
                     win.anon_peak_kib[pid] = max(kib, win.anon_peak_kib.get(pid, 0))
             await trio.sleep(RSS_SAMPLE_S)
 
