@@ -729,19 +729,52 @@ class Replica:
             if own is not None:
                 self._broadcast(own)
         else:
+            # The large messages (a PRE-PREPARE carries its block, a NEW-VIEW its
+            # re-proposals) go only to validators not known to hold them yet: under
+            # load most heights outlast a retransmission period, and re-sending every
+            # in-flight block to everyone tripled the primary's traffic and made
+            # each backup decode and hash every block again. Votes are small and a
+            # peer's own vote says nothing about whether it has ours: to everyone.
             if self.last_new_view is not None:
-                self._broadcast(self.last_new_view)
+                self._send_missing(self.last_new_view, None, self._in_current_view())
             top = self.committed_height + self.config.pipeline_depth
             for h in range(self.committed_height + 1, top + 1):
                 slot = self.slots.get(h)
                 if slot is not None:
                     for message in slot.sent:
-                        self._broadcast(message, h)
+                        if isinstance(message, PrePrepare):
+                            self._send_missing(message, h, self._holders(slot, message.view))
+                        else:
+                            self._broadcast(message, h)
         # checkpoints too while changing views: a NEW-VIEW may wait for one (epoch boundary)
         for h, votes in sorted(self.checkpoints.items()):  # not yet stable: above the low mark
             own_checkpoint = votes.get(self.node_id or b"")
             if own_checkpoint is not None:
                 self._broadcast(own_checkpoint, h)
+
+    @staticmethod
+    def _holders(slot: Slot, view: int) -> set[bytes]:
+        """Validators whose PREPARE or COMMIT of `view` at `slot` shows they hold its PRE-PREPARE."""
+        holders = set(slot.prepares)  # current view only
+        holders.update(r for r, c in slot.commits.items() if c.view == view)
+        return holders
+
+    def _in_current_view(self) -> set[bytes]:
+        """Validators with a PREPARE or COMMIT of the current view: they had its NEW-VIEW."""
+        seen: set[bytes] = set()
+        for slot in self.slots.values():
+            seen |= self._holders(slot, self.view)
+        return seen
+
+    def _send_missing(self, message: object, height: int | None, have: set[bytes]) -> None:
+        """`_broadcast`, but only to the validators not in `have`, one by one."""
+        targets = set(self.vset.validators)
+        if height is not None:
+            targets.update(self.schedule.at(height).validators)
+        targets -= have
+        targets.discard(self.node_id)
+        for node in sorted(targets):
+            self._send(node, message)
 
     # -- windows, buffers, evidence ---------------------------------------------------------
 

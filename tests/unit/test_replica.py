@@ -165,6 +165,33 @@ def test_pipelining_depth_honoured() -> None:
     assert c.nodes[1].chain[3].block.header.state_root == c.nodes[1].roots[1]
 
 
+def test_retransmitted_pre_prepare_goes_only_to_validators_without_it() -> None:
+    """Retransmission: a PRE-PREPARE (it carries the block) is re-sent only to the
+    validators whose PREPARE or COMMIT does not show they hold it; votes to everyone."""
+    c = Cluster(4)
+    # nodes 2 and 3 lose the PRE-PREPARE: node 1's PREPARE alone prepares nothing
+    c.cut = lambda s, d, m: isinstance(m, PrePrepare) and d in (2, 3)
+    assert c.propose([b"a", b"b"])
+    assert c.heights() == [0, 0, 0, 0]
+    primary, backup = c.nodes[0], c.nodes[1]
+    assert backup.node_id in primary.replica.slots[1].prepares
+    c.cut = lambda s, d, m: False
+    for node in c.nodes:
+        node.readies.clear()
+    for node in c.nodes[1:]:  # backups with nothing prepared still count the work
+        node.replica.note_pending(1)
+    c.tick(c.config.retransmit_ticks)
+    assert c.heights() == [1, 1, 1, 1]
+    c.assert_agree()
+    resent = [
+        o.to for r in primary.readies for o in r.messages if isinstance(o.message, PrePrepare)
+    ]
+    assert sorted(resent) == sorted([c.nodes[2].node_id, c.nodes[3].node_id])
+    # node 1's PREPARE went to everyone again (one broadcast, to = None)
+    prepares = [o.to for r in backup.readies for o in r.messages if isinstance(o.message, Prepare)]
+    assert prepares == [None]
+
+
 def test_batch_limits_enforced_by_primary_and_backups() -> None:
     """Batching: a block holds at most block_txs_max transactions and block_bytes_max bytes."""
     c = Cluster(4, block_txs_max=3, block_bytes_max=100)
