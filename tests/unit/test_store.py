@@ -118,6 +118,64 @@ def test_tx_index_keeps_the_first_location(store: ChainStore) -> None:
     assert store.get_tx(tx_hash(make_tx(b"c"))) == TxLocation(2, 0, make_tx(b"c"), 0)
 
 
+class _CountingDb:
+    """The store's plyvel handle with its point reads counted."""
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self.db, self.gets = db, 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.gets += 1
+        return self.db.get(key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("absent_max", [5, 200])
+def test_has_tx_agrees_with_the_index_through_its_memory(
+    store: ChainStore, path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, absent_max: int
+) -> None:
+    """`has_tx` answers from memory (recent commits, earlier misses) exactly as LevelDB would:
+    random commits, replays and look-ups with tiny limits, so every eviction path runs."""
+    import random
+
+    import storage.store as store_module
+
+    monkeypatch.setattr(store_module, "RECENT_TXS_MAX", 7)
+    monkeypatch.setattr(store_module, "RECENT_BLOCKS_MAX", 4)
+    monkeypatch.setattr(store_module, "ABSENT_TXS_MAX", absent_max)
+    rng = random.Random(11)
+    pool = [make_tx(b"pool %d" % i, 60) for i in range(120)]
+    committed: set[bytes] = set()
+    for _ in range(300):
+        if rng.random() < 0.3:
+            txs = tuple(rng.choice(pool) for _ in range(rng.randrange(0, 5)))
+            store.commit_block(make_block(store.head_height() + 1, store.head_hash(), txs), [])
+            committed.update(tx_hash(tx) for tx in txs)
+        else:
+            h = tx_hash(rng.choice(pool))
+            assert store.has_tx(h) == (h in committed)
+    assert len(committed) > 40 and store.head_height() > 60
+    store.close()
+    with ChainStore.open(path) as reopened:  # a fresh memory: LevelDB alone
+        for tx in pool:
+            assert reopened.has_tx(tx_hash(tx)) == (tx_hash(tx) in committed)
+
+
+def test_has_tx_reads_leveldb_once_per_absent_hash(store: ChainStore) -> None:
+    """Admission looks a new transaction up, execution again: only the first reads LevelDB."""
+    counting = _CountingDb(store._db)
+    store._db = counting  # type: ignore[assignment]
+    new, other = make_tx(b"new"), make_tx(b"other")
+    assert not store.has_tx(tx_hash(new)) and counting.gets == 1
+    assert not store.has_tx(tx_hash(new)) and counting.gets == 1  # remembered absent
+    store.commit_block(make_block(1, GENESIS_HASH, (new,)), [])
+    reads = counting.gets
+    assert store.has_tx(tx_hash(new)) and counting.gets == reads  # a recent commit
+    assert not store.has_tx(tx_hash(other)) and counting.gets == reads + 1
+
+
 def test_meta_is_written_with_the_block_and_can_be_deleted(store: ChainStore) -> None:
     store.commit_block(make_block(1, GENESIS_HASH), [], {b"a": b"1", b"b": b"2"})
     store.commit_block(make_block(2, store.head_hash()), [], {b"a": b"3", b"b": None})
