@@ -69,6 +69,11 @@ re-hashed. Tree nodes, the root reference per height (`smt/r/`) and the list
 of replaced nodes (`smt/s/`) are meta entries of the block's own commit, so
 tree and blocks never disagree; replaced nodes are deleted
 `STATE_VERSIONS_KEPT` heights later (proofs against older roots fail then).
+The application remembers the version and value hash of the keys the latest
+blocks wrote (`CURRENT_CACHE_KEYS` per generation, two generations, filled
+only after a block has committed): a block writing them then needs no
+LevelDB read for their current versions, and hands the value hashes to the
+tree as `known`, which spares the read of their leaves.
 Meta written in the block's commit: `app/state_root` (latest), `app/root/<u64
 BE height>` (every height, kept), `app/tx_count` (u64 BE running total of
 applied transactions), and `proof/epoch/<u64 E>` (node/proofs.py) once the
@@ -114,6 +119,7 @@ META_STATE_ROOT = b"app/state_root"
 META_ROOT_PREFIX = b"app/root/"
 META_TX_COUNT = b"app/tx_count"
 VERIFIED_CACHE_TXS_MAX = 100_000
+CURRENT_CACHE_KEYS = 65_536  # keys whose version and value hash are kept, per generation
 VERIFIED_CACHE_BYTES_MAX = 64 * 1024 * 1024  # ~100,000 txs of 200-byte values
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
@@ -192,6 +198,8 @@ class Executed:
     tree_update: Any = None  # storage.state_tree.Update
     # current version, before this block, of every key it writes (what commit_block needs)
     versions: dict[bytes, int] | None = None
+    # state key -> (version, value hash or None if deleted) after this block, for its keys
+    current: dict[bytes, tuple[int, bytes | None]] | None = None
 
 
 class Store(Protocol):
@@ -279,6 +287,10 @@ class Application:
         self._lock = threading.Lock()  # check() and execute() may run on different threads
         self.signatures_checked = 0
         self.signatures_skipped = 0
+        # state key -> (version, value hash or None) at the store's head; only `apply`
+        # writes it, after the commit; two generations (module docstring)
+        self._current: dict[bytes, tuple[int, bytes | None]] = {}
+        self._current_old: dict[bytes, tuple[int, bytes | None]] = {}
 
     # -- admission ---------------------------------------------------------------
 
@@ -432,8 +444,8 @@ class Application:
                 writes.append(
                     StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
                 )
-        versions = self.store.current_versions({w.key for w in writes})
-        update = self._update_tree(prev_ref, writes, height, versions)
+        versions, known = self._current_of({w.key for w in writes})
+        update, current = self._update_tree(prev_ref, writes, height, versions, known)
         root = update.root_hash
         applied = status.count(Code.APPLIED)
         meta: dict[bytes, bytes | None] = {
@@ -448,8 +460,33 @@ class Application:
         self._prune(height, meta)
         return Executed(
             writes, status, meta, root, height, hashes, applied,
-            gb.state, tuple(gb.new_epochs), update, versions,
+            gb.state, tuple(gb.new_epochs), update, versions, current,
         )  # fmt: skip
+
+    def _current_of(self, keys: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
+        """Current versions of `keys` (remembered, or read), and the value hashes remembered."""
+        versions: dict[bytes, int] = {}
+        known: dict[bytes, bytes] = {}
+        missing: list[bytes] = []
+        new, old = self._current, self._current_old
+        for key in keys:
+            entry = new.get(key) or old.get(key)
+            if entry is None:
+                missing.append(key)
+                continue
+            versions[key] = entry[0]
+            if entry[1] is not None:
+                known[key] = entry[1]
+        if missing:
+            versions.update(self.store.current_versions(missing))
+        return versions, known
+
+    def _remember_current(self, current: Mapping[bytes, tuple[int, bytes | None]]) -> None:
+        """After a commit: the committed versions and value hashes of the block's keys."""
+        new = self._current
+        new.update(current)
+        if len(new) >= CURRENT_CACHE_KEYS:
+            self._current_old, self._current = new, {}
 
     def _execute_gov(self, gb: GovBlock, tx: Transaction) -> bool:
         """Apply one governance transaction to `gb`; False if it is rejected."""
@@ -469,22 +506,31 @@ class Application:
         writes: Sequence[StateWrite],
         height: int,
         versions: Mapping[bytes, int],
-    ) -> state_tree.Update:
+        known: Mapping[bytes, bytes],
+    ) -> tuple[state_tree.Update, dict[bytes, tuple[int, bytes | None]]]:
         """The tree after `writes` (last write of a key wins; versions counted as the store
-        does, from `versions`, the current version of each key before the block)."""
+        does, from `versions`, the current version of each key before the block), and
+        each written key's version and value hash after the block. `known`: value
+        hashes the keys are believed to hold before the block (the tree checks them)."""
         counts: dict[bytes, int] = {}
         last: dict[bytes, bytes | None] = {}
         for w in writes:
             counts[w.key] = counts.get(w.key, 0) + 1
             last[w.key] = w.value
         changes: dict[bytes, bytes | None] = {}
+        known_by_hash: dict[bytes, bytes] = {}
+        current: dict[bytes, tuple[int, bytes | None]] = {}
+        key_hash = state_tree.key_hash
         for key, value in last.items():
-            if value is None:
-                changes[state_tree.key_hash(key)] = None
-                continue
+            kh = key_hash(key)
+            old = known.get(key)
+            if old is not None:
+                known_by_hash[kh] = old
             version = versions[key] + counts[key]
-            changes[state_tree.key_hash(key)] = value_hash(height, version, value)
-        return self.tree.update(prev, changes, height)
+            vh = None if value is None else value_hash(height, version, value)
+            changes[kh] = vh
+            current[key] = (version, vh)
+        return self.tree.update(prev, changes, height, known=known_by_hash), current
 
     def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> None:
         """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago (same batch)."""
@@ -525,6 +571,8 @@ class Application:
             tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
         )  # fmt: skip
         self.forget(executed.tx_hashes)
+        if executed.current:
+            self._remember_current(executed.current)
         if executed.tree_update is not None:
             self.tree.committed(executed.tree_update)
         if executed.gov is not None:

@@ -511,6 +511,50 @@ def test_two_nodes_reach_identical_state(tmp_path: Path, genesis: Genesis) -> No
         warm_store.close()
 
 
+def test_remembered_versions_and_value_hashes_change_nothing(
+    tmp_path: Path, genesis: Genesis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys a committed block wrote are remembered (version, value hash): the next
+    blocks writing them read no version from the store, and the results equal those
+    of an application that remembers nothing, however the memory's generations turn."""
+    import node.app as app_module
+
+    blocks = _scenario_blocks()
+    for round_ in range(6):  # rewrite, delete and re-put the same few keys, several per block
+        blocks.append(
+            [
+                tx(record=f"r{(round_ + i) % 5}", value=f"w{round_}.{i}", valid_until=30)
+                for i in range(4)
+            ]
+            + [tx(op="delete", record=f"r{round_ % 5}", value="", valid_until=30)]
+        )
+    stores = {name: FakeStore(genesis.hash()) for name in ("remembers", "churns", "forgets")}
+    apps = {name: Application(store, genesis) for name, store in stores.items()}
+    read: dict[str, int] = {name: 0 for name in stores}
+    for name, store in stores.items():
+        real = store.current_versions
+
+        def counting(keys: Iterable[bytes], name: str = name, real: Any = real) -> Any:
+            keys = list(keys)
+            read[name] += len(keys)
+            return real(keys)
+
+        store.current_versions = counting  # type: ignore[method-assign]
+    for txs in blocks:
+        results = {}
+        for name, app in apps.items():
+            if name == "forgets":
+                app._current.clear()
+                app._current_old.clear()
+            monkeypatch.setattr(app_module, "CURRENT_CACHE_KEYS", 2 if name == "churns" else 65_536)
+            results[name] = app.apply(make_block(stores[name], txs))
+        assert results["remembers"] == results["churns"] == results["forgets"]
+    heights = len(blocks)
+    dumps = [_dump(stores[name], apps[name], heights) for name in stores]
+    assert dumps[0] == dumps[1] == dumps[2]
+    assert read["remembers"] < read["churns"] < read["forgets"]
+
+
 def test_state_survives_reopening_the_store(tmp_path: Path, genesis: Genesis) -> None:
     path = tmp_path / "db"
     store = ChainStore.open(path, genesis_hash=genesis.hash())
