@@ -21,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consensus.crypto import SigningKey
 from node.app import Application
-from node.bench import _bench_genesis, load_average, sign_txs
+from node.bench import load_average, offline_chain, sign_txs
 from node.mempool import Mempool
 from node.verify_pool import verify_serial
 from storage.store import ChainStore
@@ -54,9 +53,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()
-    members = [SigningKey.generate() for _ in range(16)]
-    genesis = _bench_genesis("redwood-bench", members, SigningKey.generate())
-    senders = [(f"agency{i}", k) for i, k in enumerate(members)]
+    genesis, senders, _ = offline_chain(16)
     tx_list = sign_txs(senders, genesis.chain_id, a.txs, 10_000)
     print(f"load average before: {load_average()}")
     for verify in (False, True):

@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consensus.crypto import SigningKey
 from node import bench
 from node.app import Application
 from storage.store import ChainStore
@@ -36,10 +35,7 @@ def main() -> None:
     ap.add_argument("--block-txs", type=int, default=4000)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    members = [SigningKey.generate() for _ in range(4)]
-    validator = SigningKey.generate()
-    genesis = bench._bench_genesis("redwood-bench", members, validator)
-    senders = [(f"agency{i}", k) for i, k in enumerate(members)]
+    genesis, senders, validator = bench.offline_chain()
     print(f"signing {args.txs} transactions...", file=sys.stderr)
     txs = bench.sign_txs(senders, genesis.chain_id, args.txs, 10_000)
     tmp = Path(tempfile.mkdtemp(prefix="redwood-catchup-"))

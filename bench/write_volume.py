@@ -22,7 +22,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consensus.crypto import SigningKey
 from node import bench
 from node.app import Application
 from storage.store import ChainStore
@@ -72,10 +71,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=30)
     ap.add_argument("--block-txs", type=int, default=4000)
     args = ap.parse_args()
-    members = [SigningKey.generate() for _ in range(4)]
-    validator = SigningKey.generate()
-    genesis = bench._bench_genesis("redwood-bench", members, validator)
-    senders = [(f"agency{i}", k) for i, k in enumerate(members)]
+    genesis, senders, validator = bench.offline_chain()
     count = args.blocks * args.block_txs
     print(f"signing {count} transactions...", file=sys.stderr)
     txs = bench.sign_txs(senders, genesis.chain_id, count, 10_000)

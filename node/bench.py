@@ -473,6 +473,17 @@ def _bench_genesis(chain_id: str, members: Sequence[Any], validator: Any) -> Any
     )
 
 
+def offline_chain(members: int = 4) -> tuple[Any, list[tuple[str, Any]], Any]:
+    """A one-validator genesis with `members` agencies of one member key each, for work
+    done without a network: (genesis, (agency, key) senders for `sign_txs`, validator key)."""
+    from consensus.crypto import SigningKey
+
+    keys = [SigningKey.generate() for _ in range(members)]
+    validator = SigningKey.generate()
+    genesis = _bench_genesis("redwood-bench", keys, validator)
+    return genesis, [(f"agency{i}", k) for i, k in enumerate(keys)], validator
+
+
 def measure_ceiling(count: int = CEILING_TXS, block_txs: int = CEILING_BLOCK_TXS) -> dict[str, Any]:
     """Single-core tx/s of decode + rules + verify (admission), execute, LevelDB commit.
 
@@ -480,14 +491,10 @@ def measure_ceiling(count: int = CEILING_TXS, block_txs: int = CEILING_BLOCK_TXS
     in one thread, on a temporary store; certificate checks are left out
     (a few signatures per block, not per transaction).
     """
-    from consensus.crypto import SigningKey
     from node.app import Application
     from storage.store import ChainStore
 
-    members = [SigningKey.generate() for _ in range(4)]
-    validator = SigningKey.generate()
-    genesis = _bench_genesis("redwood-bench", members, validator)
-    senders = [(f"agency{i}", k) for i, k in enumerate(members)]
+    genesis, senders, validator = offline_chain()
     tx_list = sign_txs(senders, genesis.chain_id, count, 10_000)
     tmp = Path(tempfile.mkdtemp(prefix="redwood-ceiling-"))
     try:
