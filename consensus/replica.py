@@ -1652,8 +1652,8 @@ class Replica:
     def _note_peer_height(self, peer: bytes, height: int) -> None:
         if peer not in self.vset:
             return
-        if height > self.peer_heights.get(peer, 0):
-            self.peer_heights[peer] = height
+        # recorded even at 0: that a peer was heard from at all is what readiness asks
+        self.peer_heights[peer] = max(height, self.peer_heights.get(peer, 0))
         heights = sorted(self.peer_heights.values(), reverse=True)
         f = self.vset.f
         if len(heights) <= f or heights[f] <= self.committed_height:

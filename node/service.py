@@ -614,8 +614,21 @@ class Node:
         r = self.replica
         return max(0, int(getattr(r, "catchup_target", 0)) - int(r.committed_height))
 
+    def _heights_heard(self, vals: tuple[bytes, ...]) -> tuple[int, int]:
+        """(other validators whose height we have heard, how many it takes: f+1 of them,
+        so at least one is correct, or every other validator when there are fewer)."""
+        heard = getattr(self.replica, "peer_heights", {})
+        others = [v for v in vals if v != self.node_id]
+        f = (len(vals) - 1) // 3
+        return sum(1 for v in others if v in heard), min(f + 1, len(others))
+
     def readiness(self) -> tuple[bool, str]:
-        """Ready: connected to a quorum and at most READY_LAG_BLOCKS_MAX blocks behind.
+        """Ready: knows the chain's height, connected to a quorum, at most
+        READY_LAG_BLOCKS_MAX blocks behind.
+
+        Knowing the height takes the status of f+1 other validators (one is
+        correct): a node that has just started, connected before any status
+        arrived, would otherwise look current at any height, even 0.
 
         A node a few blocks behind while it fetches them is still serving a
         current chain; flagging it would make /ready flap on a busy chain of
@@ -630,6 +643,9 @@ class Node:
         have = self._connected_validators() + (1 if self.node_id in vals else 0)
         if have < quorum:
             return False, f"connected to {have} of the {quorum} validators a quorum needs"
+        heard, need = self._heights_heard(vals)
+        if heard < need:  # just started: the chain may be far ahead and we cannot tell yet
+            return False, f"waiting for the chain's height from peers ({heard} of {need} heard)"
         return True, "ready"
 
     def status(self) -> dict[str, Any]:

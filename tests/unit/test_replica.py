@@ -760,6 +760,17 @@ def test_messages_from_f_plus_1_peers_far_ahead_start_catch_up() -> None:
     assert requests and requests[0].message.from_height == 1
 
 
+def test_status_at_height_0_is_heard() -> None:
+    """A fresh chain's validators announce height 0; that they were heard counts (readiness
+    asks for f+1 peers' heights), so it is recorded, and starts no catch-up."""
+    c = Cluster(4)
+    c.tick(c.config.status_interval_ticks)
+    for n in c.nodes:
+        others = {k.public for k in c.keys} - {n.replica.node_id}
+        assert n.replica.peer_heights == dict.fromkeys(others, 0)
+        assert not n.replica.catching_up
+
+
 def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4_4() -> None:
     """VIEW-CHANGE/NEW-VIEW carry headers only for heights the sender committed: small
     under load; a replica that lacks such a block fetches it with its certificate."""
