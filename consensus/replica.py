@@ -1663,6 +1663,13 @@ class Replica:
         if stuck or heights[f] > self.committed_height + self.config.pipeline_depth:
             self._behind(heights[f])
 
+    def peer_connected(self, peer: bytes) -> None:
+        """A link to `peer` came up: tell it our height now, not at the next status interval,
+        so a node that has just (re)started learns at once how far behind it is."""
+        if self.is_validator:
+            assert self.node_id is not None
+            self._send(peer, StatusAnnouncement(self.committed_height, self.view, self.node_id))
+
     def on_status(self, sa: StatusAnnouncement, sender: bytes) -> None:
         if sender != sa.replica:
             self._drop("sender_mismatch")

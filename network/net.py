@@ -37,7 +37,7 @@ Sending never blocks: `send` queues on the peer's link, or drops and counts
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import trio
 
@@ -75,6 +75,7 @@ class Network:
         *,
         rng: random.Random | None = None,
         frame_cipher: CipherFactory = AeadCipher,
+        on_link_up: Callable[[bytes], None] | None = None,
     ) -> None:
         """`frame_cipher` exists for the benchmark and tests only; nodes never pass it."""
         self._key = key
@@ -93,6 +94,8 @@ class Network:
             config.inbound_connections_max, config.inbound_handshakes_per_address_max
         )
         self._nursery: trio.Nursery | None = None
+        # called with the peer's id each time a link to it is established (the node greets it)
+        self.on_link_up = on_link_up
         self.listen_port: int | None = None
         self.stats = NetStats()
         self._inbound_send, self.inbound = trio.open_memory_channel[Inbound](
@@ -237,6 +240,8 @@ class Network:
         if not self._register(link):
             self.stats.link_closes["duplicate"] += 1
             return
+        if self.on_link_up is not None:
+            self.on_link_up(peer_id)
         try:
             await link.run(self._deliver)
         finally:

@@ -65,6 +65,13 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """The network established a link to `peer`."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Applied:
     """The apply task executed and stored block `height`."""
 
@@ -174,6 +181,8 @@ class Driver:
         elif isinstance(event, Applied):
             self.replica.executed(event.height, event.state_root)
             self._on_applied(event.result)
+        elif isinstance(event, PeerConnected):
+            self.replica.peer_connected(event.peer)
         elif isinstance(event, Tick):
             self.replica.tick()
             note = getattr(self.replica, "note_pending", None)

@@ -41,7 +41,7 @@ from consensus.types import (
     PrePrepare,
     tx_hash,
 )
-from node.driver import Driver, PeerMessage, Tick, is_sync_message
+from node.driver import Driver, PeerConnected, PeerMessage, Tick, is_sync_message
 
 log = logging.getLogger("redwood.node")
 
@@ -143,6 +143,7 @@ class Node:
         except BaseException:
             self.store.close()
             raise
+        self.network.on_link_up = self._link_up
         self.bad_inbound: dict[str, int] = {}
         self.metrics = NodeMetrics(self.chain_id, self.node_id.hex(), __version__)
         self.driver = Driver(
@@ -386,6 +387,12 @@ class Node:
             extra={"proposer": peer.hex(), "height": pp.height, "view": pp.view, "index": bad},
         )
         return False
+
+    def _link_up(self, peer: bytes) -> None:
+        """A peer connected: the replica greets it with our height (see `peer_connected`)."""
+        # with the events queue full, the periodic status announcement reaches it anyway
+        with contextlib.suppress(trio.WouldBlock):
+            self.driver.events_send.send_nowait(PeerConnected(peer))
 
     def _count_bad(self, reason: str) -> None:
         self.bad_inbound[reason] = self.bad_inbound.get(reason, 0) + 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 
@@ -94,6 +96,33 @@ async def test_dialer_reconnects_after_the_peer_restarts() -> None:
         b2 = await c.start(1, cfg=config(listen_port=c.ports[1]))
         await exchange(a, b2, b"after-restart")
         assert a.stats.reconnects == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_link_up_is_reported_on_both_sides_each_time_and_can_greet_at_once() -> None:
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, keys(2))
+        ups: dict[int, list[bytes]] = {0: [], 1: []}
+        nets: dict[int, Network] = {}
+
+        def greeter(i: int) -> Callable[[bytes], None]:
+            def up(peer: bytes) -> None:
+                ups[i].append(peer)
+                assert nets[i].send(peer, Channel.SYNC, b"hello from %d" % i)
+
+            return up
+
+        nets[0] = await c.start(0, on_link_up=greeter(0))
+        nets[1] = await c.start(1, dial=[0], on_link_up=greeter(1))
+        got0 = await receive(nets[0])
+        got1 = await receive(nets[1])
+        assert (got0.payload, got1.payload) == (b"hello from 1", b"hello from 0")
+        assert ups == {0: [c.ids[1]], 1: [c.ids[0]]}
+        await c.stop(0)
+        nets[0] = await c.start(0, cfg=config(listen_port=c.ports[0]), on_link_up=greeter(0))
+        assert (await receive(nets[1])).payload == b"hello from 0"
+        assert (await receive(nets[0])).payload == b"hello from 1"
+        assert ups == {0: [c.ids[1]] * 2, 1: [c.ids[0]] * 2}
         nursery.cancel_scope.cancel()
 
 

@@ -771,6 +771,33 @@ def test_status_at_height_0_is_heard() -> None:
         assert not n.replica.catching_up
 
 
+def test_a_new_link_is_greeted_with_our_height_and_a_restarted_node_starts_catching_up() -> None:
+    """`peer_connected`: a validator tells the peer its height at once (observers announce
+    nothing); a node far behind that hears it from f+1 peers fetches without waiting for
+    the periodic status."""
+    c = Cluster(4, observers=1, checkpoint_interval=4)
+    c.run_blocks(3)
+    late = c.nodes[3].replica
+    late.ready()
+    for i in (0, 1, 4):
+        c.nodes[i].replica.ready()
+        c.nodes[i].replica.peer_connected(c.link_id(3))
+    greetings = [
+        (i, o.to, o.message)
+        for i in (0, 1, 4)
+        for o in c.nodes[i].replica.ready().messages
+        if isinstance(o.message, StatusAnnouncement)
+    ]
+    assert [(i, to) for i, to, _ in greetings] == [(0, c.link_id(3)), (1, c.link_id(3))]
+    fresh = Cluster(4, checkpoint_interval=4).nodes[3].replica  # at height 0, never ticked
+    fresh.ready()
+    for _, _, sa in greetings:
+        fresh.step(sa, sa.replica)
+    assert fresh.catching_up and fresh.ticks == 0
+    requests = [o.message for o in fresh.ready().messages if isinstance(o.message, BlockRequest)]
+    assert requests and requests[0].from_height == 1
+
+
 def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4_4() -> None:
     """VIEW-CHANGE/NEW-VIEW carry headers only for heights the sender committed: small
     under load; a replica that lacks such a block fetches it with its certificate."""
