@@ -425,6 +425,10 @@ class Replica:
         self.checkpoints: dict[int, dict[bytes, Checkpoint]] = {}
         self.vc_messages: dict[bytes, ViewChange] = {}  # newest valid one per validator
         self.pending_new_view: NewView | None = None
+        # the pending NEW-VIEW, the validator set and the schedule it was checked under: it is
+        # retried on every commit while we catch up to its base, and re-checking its q
+        # VIEW-CHANGEs (hundreds of signatures, whole blocks) each time made catch-up crawl
+        self._pending_checked: tuple[NewView, ValidatorSet, EpochSchedule] | None = None
         self.last_new_view: NewView | None = None  # ours, as primary of the current view
         self.helped: set[bytes] = set()  # peers sent last_new_view in this view (<= n)
         self.peer_heights: dict[bytes, int] = {}
@@ -1540,13 +1544,20 @@ class Replica:
         if nv.replica != vset.primary(nv.view):
             self._drop("not_primary")
             return
-        if not signature_ok(self.verifier, self.config.chain_id, nv):
-            self._drop("bad_signature")
-            return
-        bad = self._check_new_view_votes(nv, vset)
-        if bad is not None:
-            self._drop(bad)
-            return
+        checked, self._pending_checked = self._pending_checked, None
+        if not (
+            checked is not None
+            and checked[0] is nv
+            and checked[1] == vset
+            and checked[2] is self.schedule
+        ):
+            if not signature_ok(self.verifier, self.config.chain_id, nv):
+                self._drop("bad_signature")
+                return
+            bad = self._check_new_view_votes(nv, vset)
+            if bad is not None:
+                self._drop(bad)
+                return
         base = base_height(nv.view_changes)
         top = max([base, *(pp.height for pp in nv.pre_prepares)])
         if top <= self.committed_height:
@@ -1556,6 +1567,7 @@ class Replica:
             return
         if base > self.committed_height:
             self.pending_new_view = nv
+            self._pending_checked = (nv, vset, self.schedule)
             self._behind(base)
             return
         blocks = self._derive(nv.view_changes, nv.view)

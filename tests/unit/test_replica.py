@@ -37,6 +37,7 @@ from consensus.types import (
     StatusAnnouncement,
     ViewChange,
 )
+from consensus.view_change import base_height
 from tests.unit.test_replica_harness import (
     CHAIN_ID,
     GENESIS_HASH,
@@ -796,6 +797,40 @@ def test_a_new_link_is_greeted_with_our_height_and_a_restarted_node_starts_catch
     assert fresh.catching_up and fresh.ticks == 0
     requests = [o.message for o in fresh.ready().messages if isinstance(o.message, BlockRequest)]
     assert requests and requests[0].from_height == 1
+
+
+def test_a_pending_new_view_is_checked_once_not_on_every_commit_of_the_catch_up() -> None:
+    """A replica far behind keeps a NEW-VIEW whose base it has not reached and retries it
+    on each commit; its q VIEW-CHANGEs are checked once. Re-checking them on every commit
+    (whole blocks and hundreds of signatures each time) made a re-syncing validator of the
+    long fault run crawl at ~15 blocks/s while the cluster changed views."""
+    c = Cluster(7, checkpoint_interval=4, pipeline_depth=2)
+    c.cut = lambda s, d, m: s == 6 or d == 6
+    for _ in range(12):
+        c.run_blocks(1)  # (its step budget is per block: 7 nodes send many messages)
+    c.cut = lambda s, d, m: s in (0, 6) or d in (0, 6)  # the primary falls silent too
+    for node in c.nodes:
+        node.replica.note_pending(1)
+    for _ in range(400):
+        if all(n.replica.view == 1 and not n.replica.in_view_change for n in c.nodes[1:6]):
+            break
+        c.tick()
+    c.cut = lambda s, d, m: True  # the test now delivers to node 6 by hand
+    nv = sent(c.nodes[1], NewView)[0]
+    assert base_height(nv.view_changes) >= 8
+    late = c.nodes[6].replica
+    assert late.committed_height == 0
+    late.step(nv, nv.replica)
+    assert late.pending_new_view is nv and late.catching_up
+    chain = c.nodes[1].chain
+    before = c.verifier.checks
+    for cb in chain:
+        late.step(BlockResponse((cb,)), c.keys[1].public)
+        assert late.committed_height == cb.block.height
+        c.nodes[6].replica.ready()
+    certificate_checks = sum(len(cb.certificate.signatures) for cb in chain)
+    assert c.verifier.checks - before <= certificate_checks
+    assert late.pending_new_view is None and late.view == nv.view  # adopted once reached
 
 
 def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4_4() -> None:
