@@ -125,11 +125,14 @@ epoch in force at the height, and a NEW-VIEW's re-proposals are signed by its
 sender, so O must lie within one epoch. Hence a replica pre-prepares or
 accepts a height only in the epoch in force at committed + 1 (a pre-prepare
 for the next epoch is held until the height below it commits): no prepared
-certificate spans a boundary. A primary whose O would still span one (VIEW-
-CHANGEs with an older checkpoint) does not send NEW-VIEW; once the checkpoint
-just below the boundary (epochs start after a checkpoint height) is stable,
-each replica re-sends its VIEW-CHANGE for the same view with it, which
-replaces the older one, and O starts in the new epoch.
+certificate spans a boundary. Nor does a replica count PREPAREs or COMMITs for
+a height whose epoch it may not know yet (above executed + pipeline_depth, past
+a boundary where an epoch could still start): it waits until execution settles
+it, so a certificate always names the epoch of its height. A primary whose O
+would still span one (VIEW-CHANGEs with an older checkpoint) does not send
+NEW-VIEW; once the checkpoint just below the boundary (epochs start after a
+checkpoint height) is stable, each replica re-sends its VIEW-CHANGE for the
+same view with it, which replaces the older one, and O starts in the new epoch.
 
 Catch-up. A replica that learns it is behind (f+1 status announcements or
 checkpoints above its height, a certificate above it, a NEW-VIEW whose
@@ -600,6 +603,7 @@ class Replica:
             del self.state_roots[h]
         if height % self.config.checkpoint_interval == 0:
             self._make_checkpoint(height, state_root)
+        self._settle(height + self.config.pipeline_depth)
         self._retry_held()
         self._retry_waiting_blocks()
         if self.catchup_needs_room:
@@ -1127,11 +1131,34 @@ class Replica:
             return False
         return True
 
+    def _settle(self, start: int) -> None:
+        """Execution just settled the epoch of the heights from `start` (if an epoch could
+        start there) to the next boundary: count the votes held back for them."""
+        interval = self.config.checkpoint_interval
+        if (start - 1) % interval != 0:
+            return
+        for h in range(start, start + interval):
+            if h in self.slots:
+                self._check_prepared(h)
+                self._check_committed(h)
+
+    def _epoch_settled(self, h: int) -> bool:
+        """Whether the epoch in force at `h` is known for good: an epoch not known yet can
+        only start at a height just after a checkpoint boundary above executed +
+        pipeline_depth (`add_epoch`), so `h` is settled once the last such start at or
+        below it is not above that. A replica behind in execution must not count votes
+        for an unsettled height: the set and quorum may be another epoch's."""
+        interval = self.config.checkpoint_interval
+        last_start = (h - 1) // interval * interval + 1
+        return last_start <= self.executed_height + self.config.pipeline_depth
+
     def _check_prepared(self, h: int) -> None:
         """prepared(m, v, n, i): the pre-prepare and q-1 matching PREPAREs from others."""
         slot = self.slots.get(h)
         if slot is None or slot.pre_prepare is None or slot.prepared:
             return
+        if not self._epoch_settled(h):
+            return  # checked again when execution settles it (`executed`)
         pp = slot.pre_prepare
         need = self.schedule.at(h).quorum - 1
         matching = [
@@ -1212,6 +1239,8 @@ class Replica:
         slot = self.slots.get(h)
         if slot is None or slot.committed is not None:
             return
+        if not self._epoch_settled(h):
+            return  # a certificate would name an epoch that may yet change (`executed`)
         vset = self.schedule.at(h)
         groups: Counter[tuple[int, bytes]] = Counter(
             (c.view, c.digest) for c in slot.commits.values()

@@ -42,6 +42,13 @@ LATER_SEEDS = {  # seed -> (generation, what broke)
         "epochs, so heights of the new one were prepared under the wrong primary and every "
         "later VIEW-CHANGE carrying them was dropped (n=7, twins; stuck at height 26)",
     ),
+    21845: (
+        6,
+        "a replica behind in execution (executed 17) formed the commit certificate of height "
+        "34 from q COMMITs before it had executed the block that removed a validator from "
+        "height 33: the certificate named epoch 0, counted against the old set and quorum "
+        "(n=10, 3 Byzantine, remove@19)",
+    ),
 }
 
 

@@ -833,6 +833,18 @@ def test_a_pending_new_view_is_checked_once_not_on_every_commit_of_the_catch_up(
     assert late.pending_new_view is None and late.view == nv.view  # adopted once reached
 
 
+def test_an_epoch_is_settled_only_up_to_executed_plus_pipeline_depth() -> None:
+    """The heights whose votes a replica counts: none past a boundary where an epoch could
+    still start (`add_epoch` takes first heights above executed + pipeline_depth)."""
+    c = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
+    r = c.nodes[0].replica
+    assert r.executed_height == 0
+    assert [h for h in range(1, 12) if r._epoch_settled(h)] == [1, 2, 3, 4]
+    c.run_blocks(3)
+    assert r.executed_height == 3  # 3 + 2 reaches the start 5: heights 5-8 settle
+    assert [h for h in range(1, 12) if r._epoch_settled(h)] == list(range(1, 9))
+
+
 def test_view_change_carries_committed_blocks_stripped_and_laggards_fetch_them_4_4() -> None:
     """VIEW-CHANGE/NEW-VIEW carry headers only for heights the sender committed: small
     under load; a replica that lacks such a block fetches it with its certificate."""
