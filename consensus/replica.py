@@ -221,6 +221,9 @@ __all__ = [
 BLOCKS_PER_HEIGHT_MAX = 4  # candidate blocks remembered per height (one per view tried)
 HINTS_MAX = 64  # peers whose unverifiable claims of a higher height are remembered
 EPOCH_UNKNOWN = "epoch_unknown"  # a certified block of an epoch we cannot know yet
+# a certified block above the heights whose epoch execution has settled (`_epoch_settled`):
+# checkable once execution catches up; kept like EPOCH_UNKNOWN, but not counted as dropped
+EPOCH_UNSETTLED = "epoch_unsettled"
 RECENT_HASHES_MAX = 4096  # committed (hash, timestamp) kept above the stable checkpoint
 COMMIT_GAPS_KEPT = 8  # recent gaps between commits the commit timeout is learned from
 COMMIT_GAP_FACTOR = 2  # the commit timeout allows twice the longest of them
@@ -1135,8 +1138,8 @@ class Replica:
         """Execution just settled the epoch of the heights from `start` (if an epoch could
         start there) to the next boundary: count the votes held back for them."""
         interval = self.config.checkpoint_interval
-        if (start - 1) % interval != 0:
-            return
+        if (start - 1) % interval != 0 or start <= self.schedule.last[0]:
+            return  # no epoch can start here, or it was settled when the last one was learned
         for h in range(start, start + interval):
             if h in self.slots:
                 self._check_prepared(h)
@@ -1144,13 +1147,15 @@ class Replica:
 
     def _epoch_settled(self, h: int) -> bool:
         """Whether the epoch in force at `h` is known for good: an epoch not known yet can
-        only start at a height just after a checkpoint boundary above executed +
-        pipeline_depth (`add_epoch`), so `h` is settled once the last such start at or
-        below it is not above that. A replica behind in execution must not count votes
-        for an unsettled height: the set and quorum may be another epoch's."""
+        only start just after a checkpoint boundary, above executed + pipeline_depth and
+        above the last known epoch's first height (`add_epoch`), so `h` is settled once
+        the last such start at or below it is not above both. A replica behind in
+        execution must not count votes for an unsettled height: the set and quorum may
+        be another epoch's."""
         interval = self.config.checkpoint_interval
         last_start = (h - 1) // interval * interval + 1
-        return last_start <= self.executed_height + self.config.pipeline_depth
+        known = max(self.executed_height + self.config.pipeline_depth, self.schedule.last[0])
+        return last_start <= known
 
     def _check_prepared(self, h: int) -> None:
         """prepared(m, v, n, i): the pre-prepare and q-1 matching PREPAREs from others."""
@@ -1781,8 +1786,8 @@ class Replica:
             if h <= self.committed_height:
                 continue
             bad = self._check_certified(cb)
-            if bad == EPOCH_UNKNOWN:
-                self._wait_for_epoch(blocks[i:])
+            if bad in (EPOCH_UNKNOWN, EPOCH_UNSETTLED):
+                self._wait_for_epoch(blocks[i:], counted=bad == EPOCH_UNKNOWN)
                 break
             if bad is not None:
                 self._drop(bad)
@@ -1805,7 +1810,7 @@ class Replica:
             bad = EPOCH_UNKNOWN
         else:
             bad = verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
-        if bad == EPOCH_UNKNOWN:
+        if bad in (EPOCH_UNKNOWN, EPOCH_UNSETTLED):
             self._drop(bad)
             self._hint(sender, h)  # cannot check it yet: only ask for the heights below
             return
@@ -1848,18 +1853,24 @@ class Replica:
             return "catchup_bad_state_root"
         if self._epoch_unknown(cb):
             return EPOCH_UNKNOWN
+        if not self._epoch_settled(h):
+            # an older epoch's quorum, checked against a schedule that may still change,
+            # could be short of the quorum in force (a validator added): wait for execution
+            return EPOCH_UNSETTLED
         return verify_certified_block(cb, self.limits, self.schedule.at(h), self.verifier)
 
-    def _wait_for_epoch(self, blocks: Sequence[CertifiedBlock]) -> None:
-        """Keep fetched blocks of a not-yet-known epoch (the next heights, consecutive, at
-        most catchup_blocks_max: one response's worth, replacing any kept before)."""
+    def _wait_for_epoch(self, blocks: Sequence[CertifiedBlock], *, counted: bool) -> None:
+        """Keep fetched blocks of a not-yet-known or not-yet-settled epoch (the next
+        heights, consecutive, at most catchup_blocks_max: one response's worth, replacing
+        any kept before); `counted`: count them as dropped (an epoch we do not know)."""
         first = self.committed_height + 1
         kept: list[CertifiedBlock] = []
         for cb in blocks[: self.config.catchup_blocks_max]:
             if cb.block.height != first + len(kept):
                 break
             kept.append(cb)
-        self.dropped[EPOCH_UNKNOWN] += len(kept)
+        if counted:
+            self.dropped[EPOCH_UNKNOWN] += len(kept)
         self.waiting_blocks = kept
 
     def _retry_waiting_blocks(self) -> None:
@@ -1871,7 +1882,7 @@ class Replica:
             if cb.block.height <= self.committed_height:
                 continue
             bad = self._check_certified(cb)
-            if bad in (EPOCH_UNKNOWN, "catchup_ahead_of_execution"):
+            if bad in (EPOCH_UNKNOWN, EPOCH_UNSETTLED, "catchup_ahead_of_execution"):
                 self.waiting_blocks = waiting[i:]  # still unknown: wait for more executions
                 return
             if bad is not None:

@@ -707,13 +707,14 @@ def test_epoch_change_at_checkpoint_boundary_and_certificates_name_it() -> None:
     r.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
     fresh.process(fresh.nodes[1])
     assert r.committed_height == 12
-    # one that never learns the epoch keeps 9..12 until executing up to 8 settles
-    # their epoch (heights <= executed + pipeline_depth), then drops them
+    # one that never learns the epoch commits only heights whose epoch is settled
+    # (an epoch could start at 5 until it has executed 3: 5 <= executed + pipeline_depth),
+    # keeps the rest until execution settles them, then drops 9..12
     bare = Cluster(4, checkpoint_interval=4, pipeline_depth=2)
     unaware = bare.nodes[1]
     unaware.replica.step(BlockResponse(tuple(chain[:12])), c.keys[0].public)
-    assert unaware.replica.committed_height == 8
-    assert len(unaware.replica.waiting_blocks) == 4
+    assert unaware.replica.committed_height == 4
+    assert len(unaware.replica.waiting_blocks) == 8
     bare.process(unaware)
     assert unaware.replica.committed_height == 8 and not unaware.replica.waiting_blocks
     assert unaware.replica.dropped["wrong_epoch"] == 1
@@ -827,7 +828,7 @@ def test_a_pending_new_view_is_checked_once_not_on_every_commit_of_the_catch_up(
     for cb in chain:
         late.step(BlockResponse((cb,)), c.keys[1].public)
         assert late.committed_height == cb.block.height
-        c.nodes[6].replica.ready()
+        c.process(c.nodes[6])  # execute it (sends are cut)
     certificate_checks = sum(len(cb.certificate.signatures) for cb in chain)
     assert c.verifier.checks - before <= certificate_checks
     assert late.pending_new_view is None and late.view == nv.view  # adopted once reached
@@ -953,9 +954,11 @@ def test_unverifiable_claims_cost_one_request_and_never_stop_progress() -> None:
     ]
     r.step(StatusAnnouncement(10**9, 0, b"\x07" * 32), b"\x07" * 32)  # not a member: a hint
     assert not r.catching_up and r.hints[b"\x07" * 32] == 10**9
-    # the liar serves 1..8 honestly, then 9..12 with forged signatures: they wait, then fail
+    # the liar serves 1..8 honestly, then 9..12 with forged signatures: 5.. wait until
+    # execution settles their epoch (see test_epoch_change_at_checkpoint_boundary...),
+    # then 5..8 commit and 9..12 fail
     r.step(BlockResponse((*chain[:8], *forged)), liar.public)
-    assert r.committed_height == 8 and len(r.waiting_blocks) == 4
+    assert r.committed_height == 4 and len(r.waiting_blocks) == 8
     c.process(observer)
     assert observer.height == 8 and not r.waiting_blocks
     assert r.dropped["certificate_bad_signatures"] == 1
@@ -991,12 +994,14 @@ def test_a_validator_keeps_proposing_despite_unverifiable_claims() -> None:
 
 def test_catch_up_waits_for_concurrent_execution_instead_of_wasting_responses() -> None:
     """The node may execute committed blocks concurrently: a replica catching up asks for
-    the next heights only once execution has room for half a request, then at once."""
-    c = Cluster(4, checkpoint_interval=16, pipeline_depth=4)
+    the next heights only once execution has room for half a request, then at once; and
+    it commits fetched blocks only up to the heights whose epoch execution has settled,
+    keeping the rest until it has (an epoch could start at 65 until 61 is executed)."""
+    c = Cluster(4, checkpoint_interval=64, pipeline_depth=4)
     c.nodes[3].up = False
     c.run_blocks(200, txs_per_block=1)
     chain = c.nodes[0].chain
-    r = Cluster(4, checkpoint_interval=16, pipeline_depth=4).nodes[3].replica
+    r = Cluster(4, checkpoint_interval=64, pipeline_depth=4).nodes[3].replica
     peer = c.keys[0].public
 
     def requests() -> list[BlockRequest]:
@@ -1012,13 +1017,23 @@ def test_catch_up_waits_for_concurrent_execution_instead_of_wasting_responses() 
     r.step(BlockResponse(tuple(chain[64:128])), peer)  # unasked-for: dropped, not applied
     assert r.committed_height == 64 and r.dropped["catchup_ahead_of_execution"] == 1
     roots = [GENESIS_ROOT]
-    for h in range(1, 33):
-        roots.append(sha256(roots[-1] + chain[h - 1].block.hash()))
-        r.executed(h, roots[-1])
-        got = requests()
-        assert [(q.from_height, q.to_height) for q in got] == ([(65, 96)] if h == 32 else [])
+
+    def execute(upto: int) -> list[tuple[int, int]]:
+        asked = []
+        for h in range(r.executed_height + 1, upto + 1):
+            roots.append(sha256(roots[-1] + chain[h - 1].block.hash()))
+            r.executed(h, roots[-1])
+            asked += [(q.from_height, q.to_height) for q in requests()]
+        return asked
+
+    assert execute(31) == []
+    assert execute(32) == [(65, 96)]
     r.step(BlockResponse(tuple(chain[64:96])), peer)
-    assert r.committed_height == 96
+    assert r.committed_height == 64 and len(r.waiting_blocks) == 32  # 65.. not settled
+    assert r.dropped["epoch_unknown"] == 0  # waiting, not dropped
+    assert execute(60) == [] and r.committed_height == 64
+    execute(61)  # 61 + pipeline_depth reaches 65: no epoch can start there any more
+    assert r.committed_height == 96 and not r.waiting_blocks
 
 
 def test_a_new_epoch_starts_only_once_the_height_below_it_commits_4_4() -> None:
