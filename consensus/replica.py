@@ -420,8 +420,30 @@ class Replica:
         for h, own in self.own_checkpoints.items():
             self.recent.setdefault(h, (own.block_hash, own.timestamp_ms))
         self._init_volatile()
+        self._restore_checkpoints()
         if self.in_view_change:
             self._send_view_change()
+
+    def _restore_checkpoints(self) -> None:
+        """Own checkpoints survive in the journal, their signed messages do not: sign those
+        not stable yet again, so they are counted and retransmitted. A crash between
+        executing a checkpoint height and journaling its checkpoint lost it: make it now.
+        Without this, a checkpoint whose messages were lost to crashes never became
+        stable, and a view change waiting for it at an epoch boundary never ended."""
+        h = self.committed_height
+        interval = self.config.checkpoint_interval
+        root = self.state_roots.get(h)
+        if h > self.stable_height and h % interval == 0 and h not in self.own_checkpoints and root:
+            self._make_checkpoint(h, root)
+        if self.node_id is None:
+            return
+        for h, own in sorted(self.own_checkpoints.items()):
+            votes = self.checkpoints.setdefault(h, {}) if h > self.stable_height else None
+            if votes is None or self.node_id in votes or self.node_id not in self.schedule.at(h):
+                continue
+            votes[self.node_id] = self._sign(
+                Checkpoint(h, own.state_root, self.node_id, NO_SIGNATURE)
+            )
 
     def _init_volatile(self) -> None:
         """What a replica forgets in a crash: logs, buffers, timers (all bounded)."""

@@ -49,6 +49,12 @@ LATER_SEEDS = {  # seed -> (generation, what broke)
         "height 33: the certificate named epoch 0, counted against the old set and quorum "
         "(n=10, 3 Byzantine, remove@19)",
     ),
+    41226: (
+        6,
+        "crashes lost the CHECKPOINT messages of height 16 and restarts lost the signed "
+        "copies (only the own checkpoints were journaled), so 16 never became stable and "
+        "the view change at the epoch boundary 17 waited for it forever (n=4, rotate@11)",
+    ),
 }
 
 
