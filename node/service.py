@@ -175,6 +175,10 @@ class Node:
         self._last_commit_at: float | None = None
         self._last_view = self.replica.view
         self.txs_committed = self.app.tx_count()
+        # the newest block whose commit this node has finished handling: /status reports
+        # it with txs_committed, which counts the same blocks (the store's head moves
+        # earlier, in the apply thread, so the two read apart differed by a batch)
+        self._reported_head: CertifiedBlock | None = self.store.head()
         self.started_at = time.time()
         self.gc_watch: GcWatch | None = None  # set by tune_gc (redwood start)
         self._install_layer_metrics()
@@ -480,6 +484,7 @@ class Node:
         hashes = executed.tx_hashes
         self.mempool.committed(hashes)
         self.txs_committed += executed.applied
+        self._reported_head = cb
         m, c = self.metrics, self.chain_id
         m.blocks.labels(c).inc()
         m.txs.labels(c).inc(executed.applied)
@@ -656,7 +661,7 @@ class Node:
         return True, "ready"
 
     def status(self) -> dict[str, Any]:
-        head = self.store.head()
+        head = self._reported_head
         r = self.replica
         vals = self.replica_validators()
         view = r.view
@@ -664,7 +669,7 @@ class Node:
             "chain_id": self.chain_id,
             "node_id": self.node_id.hex(),
             "moniker": self.config.node.moniker,
-            "height": self.store.head_height(),
+            "height": head.block.height if head else 0,
             "view": view,
             "last_block_hash": head.block.hash().hex() if head else self.genesis.hash().hex(),
             "last_block_time_ms": head.block.header.timestamp_ms if head else None,

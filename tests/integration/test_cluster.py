@@ -9,6 +9,7 @@ compared across every node.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -121,6 +122,35 @@ def test_thousand_writes_acknowledged_and_every_node_agrees(cluster: Cluster) ->
     assert_acked_present(cluster, writer, everyone)  # the observer serves reads too
     committed = [n.status()["txs_committed"] for n in cluster.nodes]
     assert len(set(committed)) == 1 and committed[0] >= WRITES
+
+
+def test_status_height_and_txs_committed_count_the_same_blocks(cluster: Cluster) -> None:
+    """/status reads `height` and `txs_committed` at one point of a block's handling: the
+    growth of one between two reads is the transactions of the blocks the other grew by
+    (the bench computes tx/s from it). They were read apart, one batch apart at times."""
+    samples: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            doc = cluster.nodes[0].status()
+            samples.append((int(doc["height"]), int(doc["txs_committed"])))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert Writer(cluster).write_many(300, "status", nodes=list(range(VALIDATORS))) == 300
+    finally:
+        done.set()
+        sampler.join(timeout=30)
+    lo, hi = samples[0][0], samples[-1][0]
+    assert hi > lo
+    txs_in = {
+        h: int(cluster.nodes[0].get(f"/blocks/{h}").json()["tx_count"])
+        for h in range(lo + 1, hi + 1)
+    }
+    for (h0, t0), (h1, t1) in itertools.pairwise(samples):
+        assert t1 - t0 == sum(txs_in[h] for h in range(h0 + 1, h1 + 1)), (h0, t0, h1, t1)
 
 
 def test_validator_stopped_gracefully_then_catches_up(cluster: Cluster) -> None:
