@@ -139,6 +139,11 @@ checkpoints above its height, a certificate above it, a NEW-VIEW whose
 checkpoint it lacks, messages from f+1 peers above its window) sends
 BlockRequests to peers in turn and applies the certified blocks it gets back
 after checking each certificate against the epoch in force at that height.
+A validator announces its height to each peer as the link comes up
+(`peer_connected`) and every status interval after. Fetched blocks above the
+heights whose epoch execution has settled wait (EPOCH_UNSETTLED) and commit
+as execution settles them. A NEW-VIEW whose base it has not reached waits
+too, checked once and retried after each commit.
 A replica learns epochs only by executing the blocks that decide them, so a
 certified block naming an epoch newer than any it knows, above the heights
 whose epoch is already settled (executed + pipeline_depth, see `add_epoch`),
