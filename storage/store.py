@@ -790,9 +790,17 @@ def _open_db(path: Path) -> plyvel.DB:
                 f"chain store {path} is locked: another process (is a node already running "
                 f"on this home?) has it open. Stop that process first. ({exc})"
             ) from None
-        raise StoreError(f"chain store {path} cannot be opened: {exc}") from None
+        raise _cannot_open(path, exc) from None
     except (plyvel.Error, OSError) as exc:
-        raise StoreError(f"chain store {path} cannot be opened: {exc}") from None
+        raise _cannot_open(path, exc) from None
+
+
+def _cannot_open(path: Path, exc: Exception) -> StoreError:
+    """An I/O failure at open (a full disk, most often): what to do, as at run time."""
+    return StoreError(
+        f"chain store {path} cannot be opened: {exc}. Check the disk (space, permissions, "
+        f"health) and restart; if the store is then reported corrupt, run `{RECOVERY_COMMAND}`."
+    )
 
 
 def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> bytes:

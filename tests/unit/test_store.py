@@ -389,6 +389,23 @@ def test_locked_store_gives_a_clear_error(store: ChainStore, path: pathlib.Path)
         ChainStore.open(path, genesis_hash=GENESIS_HASH)
 
 
+def test_a_store_that_cannot_be_opened_says_what_to_do(
+    path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at open (LevelDB writes while recovering its log): the error names the
+    check and the recovery command, as the same failure at run time does."""
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise plyvel.IOError(b"IO error: 000007.ldb: No space left on device")
+
+    monkeypatch.setattr(plyvel, "DB", full)
+    with pytest.raises(StoreError) as info:
+        ChainStore.open(path, genesis_hash=GENESIS_HASH)
+    text = str(info.value)
+    assert "No space left on device" in text and "Check the disk" in text
+    assert "redwood repair" in text
+
+
 # -- corruption -----------------------------------------------------------------------------
 
 
