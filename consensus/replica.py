@@ -1165,8 +1165,9 @@ class Replica:
         """Execution just settled the epoch of the heights from `start` (if an epoch could
         start there) to the next boundary: count the votes held back for them."""
         interval = self.config.checkpoint_interval
-        if (start - 1) % interval != 0 or start <= self.schedule.last[0]:
-            return  # no epoch can start here, or it was settled when the last one was learned
+        if (start - 1) % interval != 0:
+            return  # no epoch can start here (heights a known epoch settled earlier are
+            # checked again too: cheap, and their held-back votes are counted then at latest)
         for h in range(start, start + interval):
             if h in self.slots:
                 self._check_prepared(h)
