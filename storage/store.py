@@ -92,6 +92,11 @@ META_KEY_BYTES_MAX = 1024
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 RECOVERY_COMMAND = "redwood repair --home DIR"
+# what an I/O failure of the store (at open or at run time) asks the operator to do
+_DISK_ADVICE = (
+    "Check the disk (space, permissions, health) and restart; if the store is then "
+    f"reported corrupt, run `{RECOVERY_COMMAND}`."
+)
 
 _FORMAT_KEY = b"m/format"
 _GENESIS_KEY = b"m/genesis"
@@ -226,9 +231,7 @@ def _leveldb_errors(
             raise self._corrupt(f"LevelDB reports corruption ({exc})") from None
         except plyvel.IOError as exc:
             raise StoreError(
-                f"chain store {self.path}: I/O error ({exc}); the node must stop. Check the disk "
-                f"(space, permissions, health) and restart; if the store is then reported corrupt, "
-                f"run `{RECOVERY_COMMAND}`."
+                f"chain store {self.path}: I/O error ({exc}); the node must stop. {_DISK_ADVICE}"
             ) from None
 
     return wrapper  # type: ignore[return-value]  # functools' _Wrapped is callable alike
@@ -797,10 +800,7 @@ def _open_db(path: Path) -> plyvel.DB:
 
 def _cannot_open(path: Path, exc: Exception) -> StoreError:
     """An I/O failure at open (a full disk, most often): what to do, as at run time."""
-    return StoreError(
-        f"chain store {path} cannot be opened: {exc}. Check the disk (space, permissions, "
-        f"health) and restart; if the store is then reported corrupt, run `{RECOVERY_COMMAND}`."
-    )
+    return StoreError(f"chain store {path} cannot be opened: {exc}. {_DISK_ADVICE}")
 
 
 def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> bytes:
