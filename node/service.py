@@ -161,7 +161,13 @@ class Node:
             propose_empty_blocks=config.consensus.propose_empty_blocks,
             txs_height=self.store.head_height(),
         )
+        # One worker thread each for block execution, journal writes and block reads for
+        # peers. The journal write gates every vote the driver sends, so it must not queue
+        # behind the execution of a batch of blocks (tens of ms): LevelDB takes concurrent
+        # writers (the store's write lock orders them) and lock-free reads.
         self._db_limiter = trio.CapacityLimiter(1)
+        self._journal_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
         self._waiters: dict[bytes, trio.Event] = {}
         self._submitted_at: dict[bytes, float] = {}
         self._subscribers: list[trio.MemorySendChannel[CertifiedBlock]] = []
@@ -409,7 +415,7 @@ class Node:
         if last < first:
             return
         blocks = await trio.to_thread.run_sync(
-            self.store.get_blocks, first, last, SYNC_RESPONSE_BYTES_MAX, limiter=self._db_limiter
+            self.store.get_blocks, first, last, SYNC_RESPONSE_BYTES_MAX, limiter=self._read_limiter
         )
         if blocks:
             self.network.send(peer, Channel.SYNC, codec.encode(BlockResponse(tuple(blocks))))
@@ -417,7 +423,9 @@ class Node:
     # -- driver callbacks -----------------------------------------------------------------
 
     async def _journal_write(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        await trio.to_thread.run_sync(self.store.journal_write, records, limiter=self._db_limiter)
+        await trio.to_thread.run_sync(
+            self.store.journal_write, records, limiter=self._journal_limiter
+        )
 
     def _send(self, to: bytes | None, message: Any) -> None:
         from network.config import Channel
