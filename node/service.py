@@ -22,8 +22,10 @@ import collections
 import contextlib
 import gc
 import logging
+import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache, partial
@@ -265,8 +267,12 @@ class Node:
                 nursery.start_soon(self._admit_gossiped_txs)
                 nursery.start_soon(self._gossip_txs)
                 nursery.start_soon(self._tick)
-                if self.gc_watch is not None:  # redwood start turned automatic collection off
+                if self.gc_watch is not None:  # redwood start: the process is the node's own
                     nursery.start_soon(self._collect_garbage)
+                    if cfg.node.compaction_nice:
+                        nursery.start_soon(
+                            self._lower_compaction_priority, cfg.node.compaction_nice
+                        )
                 api_host, api_port = _host_port(cfg.api.listen)
                 api_port = await nursery.start(
                     partial(
@@ -305,6 +311,14 @@ class Node:
             if now - last_trim >= MALLOC_TRIM_INTERVAL_S:
                 last_trim = now
                 await trio.to_thread.run_sync(trim_malloc)
+
+    async def _lower_compaction_priority(self, niceness: int) -> None:
+        """Keep LevelDB's background thread at `niceness` (it starts with the first flush)."""
+        done: set[int] = set()
+        while True:
+            for tid in lower_native_threads(niceness, done):
+                log.info("background thread priority lowered", extra={"tid": tid, "nice": niceness})
+            await trio.sleep(NATIVE_THREAD_SCAN_S)
 
     async def _tick(self) -> None:
         interval = self.config.consensus.tick_ms / 1000
@@ -771,6 +785,7 @@ async def _serve_until_signal(node: Node) -> None:
 GC_YOUNG_INTERVAL_S = 1.0
 GC_FULL_INTERVAL_S = 300.0
 GC_PAUSES_KEPT = 4096
+NATIVE_THREAD_SCAN_S = 1.0  # how often new native threads are looked for (a listdir)
 
 
 class GcWatch:
@@ -835,6 +850,41 @@ def tune_malloc() -> None:
         return
     libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
     libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
+
+
+def native_thread_ids() -> set[int]:
+    """Ids of this process's threads that Python did not start (LevelDB's compaction thread).
+
+    Empty where /proc is missing. Every thread the node starts itself (the main
+    thread, Trio's workers) is a `threading.Thread` with a `native_id`.
+    """
+    try:
+        tids = {int(t) for t in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return set()
+    known = {t.native_id for t in threading.enumerate()}
+    return tids - known
+
+
+def lower_native_threads(niceness: int, done: set[int]) -> list[int]:
+    """Give threads Python did not start (not in `done`) the CPU priority `niceness`.
+
+    LevelDB compacts in one native background thread. On a machine the node shares
+    (every node of a localnet does), compactions of all nodes start together (they
+    write the same blocks) and took the cores from the event loops for seconds; at a
+    lower priority they run in the time the event loops leave. Returns the threads
+    changed; a thread that has gone, or a system without per-thread priorities, is
+    skipped.
+    """
+    changed = []
+    for tid in sorted(native_thread_ids() - done):
+        done.add(tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except (OSError, AttributeError):
+            continue
+        changed.append(tid)
+    return changed
 
 
 def trim_malloc() -> bool:
