@@ -197,7 +197,7 @@ class NodeSection:
     data_dir: str = option("data", STR, "Directory of the LevelDB chain store.")
     compaction_nice: int = option(
         10, _int_kind(0, 19),
-        "CPU niceness of LevelDB's background compaction thread (0: the node's own). "
+        "Least CPU niceness of LevelDB's background compaction thread (0: the node's own). "
         "Compaction then runs in the CPU time consensus leaves, not ahead of it.",
     )  # fmt: skip
 

@@ -867,7 +867,7 @@ def native_thread_ids() -> set[int]:
 
 
 def lower_native_threads(niceness: int, done: set[int]) -> list[int]:
-    """Give threads Python did not start (not in `done`) the CPU priority `niceness`.
+    """Give threads Python did not start (not in `done`) at least the niceness `niceness`.
 
     LevelDB compacts in one native background thread. On a machine the node shares
     (every node of a localnet does), compactions of all nodes start together (they
@@ -880,6 +880,8 @@ def lower_native_threads(niceness: int, done: set[int]) -> list[int]:
     for tid in sorted(native_thread_ids() - done):
         done.add(tid)
         try:
+            if os.getpriority(os.PRIO_PROCESS, tid) >= niceness:
+                continue  # already as low (a node started with a higher niceness): keep it
             os.setpriority(os.PRIO_PROCESS, tid, niceness)
         except (OSError, AttributeError):
             continue

@@ -32,9 +32,11 @@ _CHILD = textwrap.dedent(
         done = set()
         changed = lower_native_threads(10, done)
         again = lower_native_threads(10, done)
+        higher = lower_native_threads(5, set())  # never raises a thread's priority
         print(json.dumps({
             "before": before, "native": native, "changed": changed, "again": again,
-            "nice_changed": [nice(t) for t in changed],
+            "nice_changed": [nice(t) for t in changed], "higher": higher,
+            "nice_after": [nice(t) for t in changed],
             "nice_main": nice(threading.main_thread().native_id),
             "nice_worker": nice(worker.native_id),
             "worker_native": worker.native_id in native,
@@ -56,5 +58,6 @@ def test_leveldb_background_thread_is_lowered_and_python_threads_are_not() -> No
     assert len(r["native"]) >= 1 and r["changed"] == r["native"]
     assert r["nice_changed"] == [10] * len(r["changed"])
     assert r["again"] == []  # each thread once
+    assert r["higher"] == [] and r["nice_after"] == [10] * len(r["changed"])
     assert r["nice_main"] == 0 and r["nice_worker"] == 0
     assert not r["worker_native"]
