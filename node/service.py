@@ -856,13 +856,21 @@ def native_thread_ids() -> set[int]:
     """Ids of this process's threads that Python did not start (LevelDB's compaction thread).
 
     Empty where /proc is missing. Every thread the node starts itself (the main
-    thread, Trio's workers) is a `threading.Thread` with a `native_id`.
+    thread, Trio's workers, the verify pool's) is a `threading.Thread` with a
+    `native_id`, but a thread another thread is starting (the verify pool starts
+    its own from a worker) exists for a moment before it has one; `threading`
+    lists it from before the OS thread exists, so while any listed thread has no
+    id yet the answer is empty (the next scan looks again).
     """
     try:
         tids = {int(t) for t in os.listdir("/proc/self/task")}
     except (OSError, ValueError):
         return set()
-    known = {t.native_id for t in threading.enumerate()}
+    known = set()
+    for thread in threading.enumerate():  # after the listing: a thread seen there is here
+        if thread.native_id is None:
+            return set()
+        known.add(thread.native_id)
     return tids - known
 
 
