@@ -114,12 +114,18 @@ class Node:
         self.node_id: bytes = self.key.public
         self.chain_id: str = self.genesis.chain_id
         self.params = self.genesis.params
+        # Each start-up phase is logged with its time: a node that takes long to come up
+        # (LevelDB recovering its log, a long journal) shows where it is.
+        started = time.monotonic()
+        log.info("opening the chain store", extra={"path": str(config.data_path / "chain")})
         self.store = ChainStore.open(config.data_path / "chain", genesis_hash=self.genesis.hash())
+        opened = time.monotonic()
         try:
             self.verify_pool = VerifyPool()
             self.app = Application(
                 self.store, self.genesis, verify_many=self.verify_pool.verify_many
             )
+            loaded = time.monotonic()
             self.mempool = Mempool(
                 self.app,
                 max_txs=config.mempool.max_txs,
@@ -129,6 +135,15 @@ class Node:
             self.vset = self.genesis.validator_set()
             self.is_validator = self.node_id in self.vset
             self.replica = self._make_replica()
+            log.info(
+                "chain store open",
+                extra={
+                    "height": self.store.head_height(),
+                    "store_s": round(opened - started, 3),
+                    "state_s": round(loaded - opened, 3),
+                    "journal_s": round(time.monotonic() - loaded, 3),
+                },
+            )
             host, port = _host_port(config.p2p.listen)
             net_config = NetConfig(
                 listen_host=host,
