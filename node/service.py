@@ -328,7 +328,7 @@ class Node:
                 await trio.to_thread.run_sync(trim_malloc)
 
     async def _lower_compaction_priority(self, niceness: int) -> None:
-        """Keep LevelDB's background thread at `niceness` (it starts with the first flush)."""
+        """Keep LevelDB's background thread at least at `niceness` (it starts with a flush)."""
         done: set[int] = set()
         while True:
             for tid in lower_native_threads(niceness, done):
