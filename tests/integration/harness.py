@@ -88,6 +88,22 @@ class NodeProc:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def log_records(self, msg: str | None = None) -> list[dict[str, Any]]:
+        """The node's JSON log records (with `msg` containing `msg`, if given); other lines
+        (a traceback, output before logging starts) are skipped."""
+        path = self.home / "node.log"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and (msg is None or msg in str(doc.get("msg", ""))):
+                out.append(doc)
+        return out
+
     def log_tail(self, lines: int = 40) -> str:
         path = self.home / "node.log"
         if not path.exists():

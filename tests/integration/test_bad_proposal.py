@@ -13,7 +13,6 @@ transaction must never be committed anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from node.client import Client, ClientError
 from node.config import load_config
 from node.genesis import Genesis
 from storage.keyfile import read_key
-from tests.integration.harness import Cluster, wait_until
+from tests.integration.harness import Cluster, NodeProc, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,16 +63,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, int]]:
         c.stop_all()
 
 
-def _damaged_hashes(log_path: Path) -> list[str]:
-    out = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and "tx_hash" in doc and "damaged" in str(doc.get("msg", "")):
-            out.append(doc["tx_hash"])
-    return out
+def _damaged_hashes(node: NodeProc) -> list[str]:
+    return [doc["tx_hash"] for doc in node.log_records("damaged") if "tx_hash" in doc]
 
 
 def test_correct_validators_refuse_a_proposal_with_a_bad_tx_signature(
@@ -95,7 +86,7 @@ def test_correct_validators_refuse_a_proposal_with_a_bad_tx_signature(
                 lambda i=i: _committed(client, f"k{i}"),
                 max(1.0, deadline - time.monotonic()),
             )
-    damaged = _damaged_hashes(c.nodes[byz].home / "node.log")
+    damaged = _damaged_hashes(c.nodes[byz])
     assert damaged, "the Byzantine primary never proposed (it should be the primary of view 0)"
     for i in honest:
         status = c.nodes[i].status()

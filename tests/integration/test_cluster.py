@@ -10,7 +10,6 @@ compared across every node.
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import threading
 import time
@@ -165,9 +164,8 @@ def test_validator_stopped_gracefully_then_catches_up(cluster: Cluster) -> None:
     cluster.start(3)
     cluster.wait_ready([3], timeout_s=60)
     # each start logs its phases: the restart opened a store that holds the chain
-    text = (cluster.nodes[3].home / "node.log").read_text()
-    opened = [json.loads(line) for line in text.splitlines() if '"chain store open"' in line]
-    assert len(opened) >= 2, text[-2000:]
+    opened = cluster.nodes[3].log_records("chain store open")
+    assert len(opened) >= 2, cluster.nodes[3].log_tail()
     assert opened[-1]["height"] >= 1 and opened[-1]["store_s"] >= 0, opened[-1]
     cluster.wait_height(before, [3], timeout_s=60)
     assert_same_chain(cluster, [0, 1, 2, 3])
