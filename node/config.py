@@ -200,6 +200,12 @@ class NodeSection:
         "Least CPU niceness of LevelDB's background compaction thread (0: the node's own). "
         "Compaction then runs in the CPU time consensus leaves, not ahead of it.",
     )  # fmt: skip
+    write_buffer_mb: int = option(
+        32, _int_kind(4, 1024),
+        "LevelDB write buffer (MB): writes collect in memory up to this size, then are "
+        "flushed to a table file and compacted. Nodes sharing one machine should differ "
+        "(`redwood testnet` staggers them) so their flushes and compactions do not coincide.",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,8 +117,18 @@ class Node:
         # Each start-up phase is logged with its time: a node that takes long to come up
         # (LevelDB recovering its log, a long journal) shows where it is.
         started = time.monotonic()
-        log.info("opening the chain store", extra={"path": str(config.data_path / "chain")})
-        self.store = ChainStore.open(config.data_path / "chain", genesis_hash=self.genesis.hash())
+        log.info(
+            "opening the chain store",
+            extra={
+                "path": str(config.data_path / "chain"),
+                "write_buffer_mb": config.node.write_buffer_mb,
+            },
+        )
+        self.store = ChainStore.open(
+            config.data_path / "chain",
+            genesis_hash=self.genesis.hash(),
+            write_buffer_size=config.node.write_buffer_mb * 1024 * 1024,
+        )
         opened = time.monotonic()
         try:
             self.verify_pool = VerifyPool()

@@ -132,8 +132,17 @@ _VERSION = struct.Struct(">QIB")
 # transaction per node. Disk: the state tree's nodes take ~45% more (317 MB instead
 # of 220 MB for 1,000,000 records). Blocks written compressed by an older node stay
 # readable (LevelDB marks each block).
+# Nodes sharing one machine (a localnet, the bench) write the same blocks, so with
+# one write buffer size they flush together and their compactions start at the same
+# moment and take the cores from every event loop at once (the latency bench's p99
+# tail, docs/performance.md change 22). `redwood testnet` gives its nodes sizes
+# from 24 to 40 MB (`[node] write_buffer_mb`), 32 on average, so the flushes drift
+# apart.
+WRITE_BUFFER_SIZE = 32 * 1024 * 1024
+WRITE_BUFFER_MIN = 4 * 1024 * 1024
+WRITE_BUFFER_MAX = 1024 * 1024 * 1024
 _DB_OPTIONS = {
-    "write_buffer_size": 32 * 1024 * 1024,
+    "write_buffer_size": WRITE_BUFFER_SIZE,
     "lru_cache_size": 16 * 1024 * 1024,
     "bloom_filter_bits": 10,
     "paranoid_checks": True,
@@ -258,13 +267,24 @@ class ChainStore:
     # -- opening and checking ------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, genesis_hash: bytes | None = None) -> ChainStore:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        genesis_hash: bytes | None = None,
+        write_buffer_size: int = WRITE_BUFFER_SIZE,
+    ) -> ChainStore:
         """Open (creating if missing) the store at `path` and check its head.
 
         `genesis_hash` is recorded on first open; a later open with a different
         one is refused. It may be omitted only for an existing store.
+        `write_buffer_size` is LevelDB's memtable size in bytes (`_DB_OPTIONS`).
         """
         path = Path(path)
+        if not WRITE_BUFFER_MIN <= write_buffer_size <= WRITE_BUFFER_MAX:
+            raise ValueError(
+                f"write_buffer_size must be {WRITE_BUFFER_MIN}..{WRITE_BUFFER_MAX} bytes"
+            )
         if genesis_hash is not None and (
             not isinstance(genesis_hash, bytes) or len(genesis_hash) != HASH_BYTES
         ):
@@ -273,7 +293,7 @@ class ChainStore:
             raise StoreError(
                 f"{path}: no chain store here, and no genesis hash given to create one"
             )
-        db = _open_db(path)
+        db = _open_db(path, write_buffer_size)
         try:
             store = cls(db, path, _check_genesis(db, path, genesis_hash))
             store._load_head()
@@ -781,10 +801,11 @@ def _corrupt(path: Path, what: str) -> StoreError:
     )
 
 
-def _open_db(path: Path) -> plyvel.DB:
+def _open_db(path: Path, write_buffer_size: int = WRITE_BUFFER_SIZE) -> plyvel.DB:
+    options = {**_DB_OPTIONS, "write_buffer_size": write_buffer_size}
     try:
         path.mkdir(parents=True, exist_ok=True)
-        return plyvel.DB(str(path), create_if_missing=True, **_DB_OPTIONS)
+        return plyvel.DB(str(path), create_if_missing=True, **options)
     except plyvel.CorruptionError as exc:
         raise _corrupt(path, f"LevelDB reports corruption ({exc})") from None
     except plyvel.IOError as exc:

@@ -22,6 +22,7 @@ import pytest
 
 from node import txs as txlib
 from node.client import Client, ClientError
+from node.testnet import staggered_write_buffer_mb
 from storage.keyfile import read_key
 from tests.integration.harness import Cluster, wait_until
 
@@ -167,6 +168,10 @@ def test_validator_stopped_gracefully_then_catches_up(cluster: Cluster) -> None:
     opened = cluster.nodes[3].log_records("chain store open")
     assert len(opened) >= 2, cluster.nodes[3].log_tail()
     assert opened[-1]["height"] >= 1 and opened[-1]["store_s"] >= 0, opened[-1]
+    # with the write buffer its testnet gave it
+    opening = cluster.nodes[3].log_records("opening the chain store")
+    expected = staggered_write_buffer_mb(3, VALIDATORS + OBSERVERS)
+    assert opening[-1]["write_buffer_mb"] == expected, opening[-1]
     cluster.wait_height(before, [3], timeout_s=60)
     assert_same_chain(cluster, [0, 1, 2, 3])
     assert_acked_present(cluster, writer, [3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import random
 import statistics
 import struct
 import threading
@@ -382,6 +383,37 @@ def test_new_store_needs_a_genesis_hash(path: pathlib.Path) -> None:
         ChainStore.open(path)
     with pytest.raises(ValueError):
         ChainStore.open(path, genesis_hash=b"short")
+
+
+def _tables(path: pathlib.Path) -> list[pathlib.Path]:
+    return list(path.glob("*.ldb"))
+
+
+def _fill(store: ChainStore, megabytes: int) -> None:
+    """Commit blocks carrying `megabytes` MB of incompressible meta values."""
+    rng = random.Random(7)
+    for i in range(megabytes * 16):
+        h = store.head_height() + 1
+        cb = make_block(h, store.head_hash(), ())
+        store.commit_block(cb, [], {b"pad%d" % i: rng.randbytes(64 * 1024)})
+
+
+def test_write_buffer_size_reaches_leveldb(tmp_path: pathlib.Path) -> None:
+    """The same 6 MB flushes a 4 MB write buffer to a table file, not a 32 MB one."""
+    with ChainStore.open(tmp_path / "big", genesis_hash=GENESIS_HASH) as big:
+        _fill(big, 6)
+        assert _tables(tmp_path / "big") == []  # still all in the memtable
+    with ChainStore.open(
+        tmp_path / "small", genesis_hash=GENESIS_HASH, write_buffer_size=4 * 1024 * 1024
+    ) as small:
+        _fill(small, 6)
+        deadline = time.monotonic() + 30
+        while not _tables(tmp_path / "small"):  # LevelDB flushes in its own thread
+            assert time.monotonic() < deadline, "no table file after a full write buffer"
+            time.sleep(0.01)
+    for bad in (0, 1024 * 1024, 2 * 1024 * 1024 * 1024):
+        with pytest.raises(ValueError, match="write_buffer_size"):
+            ChainStore.open(tmp_path / "bad", genesis_hash=GENESIS_HASH, write_buffer_size=bad)
 
 
 def test_locked_store_gives_a_clear_error(store: ChainStore, path: pathlib.Path) -> None:

@@ -16,6 +16,7 @@ from node.testnet import (
     init_home,
     load_testnet,
     node_ports,
+    staggered_write_buffer_mb,
 )
 from storage.keyfile import read_key
 
@@ -88,6 +89,19 @@ def test_configs_list_ports_peers_and_observers(testnet_dir: Path) -> None:
         }
         assert set(cfg.p2p.peers) == expected_peers
         assert cfg.p2p.observers == (ids[4],)
+
+
+def test_nodes_get_staggered_write_buffers(testnet_dir: Path) -> None:
+    """Nodes on one machine write the same blocks: with one buffer size they would flush
+    and compact at the same moment, so each gets its own size, 32 MB on average."""
+    sizes = [load_config(testnet_dir / f"node{i}", env={}).node.write_buffer_mb for i in range(5)]
+    assert sizes == [24, 28, 32, 36, 40]
+    for total in range(2, 33):
+        spread = [staggered_write_buffer_mb(i, total) for i in range(total)]
+        assert spread[0] == 24 and spread[-1] == 40 and spread == sorted(spread)
+        assert len(set(spread)) == min(total, 17)  # whole MB: distinct up to 17 nodes
+        assert abs(sum(spread) / total - 32) < 0.5
+    assert staggered_write_buffer_mb(0, 1) == 32
 
 
 def test_manifest_round_trips(tmp_path: Path) -> None:
