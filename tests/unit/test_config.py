@@ -100,7 +100,10 @@ def test_peers_and_observers_parse(tmp_path: Path) -> None:
         ("[log]\nformat = 'xml'\n", "[log] format: expected one of auto, text, json"),
         ("[log]\nlevel = 'loud'\n", "[log] level: expected one of"),
         ("[node]\nmoniker = ''\n", "[node] moniker: expected a non-empty string"),
-        ("[node]\nwrite_buffer_mb = 2\n", "[node] write_buffer_mb: expected an integer in 4..1024, got 2"),
+        (
+            "[node]\nwrite_buffer_mb = 2\n",
+            "[node] write_buffer_mb: expected an integer in 4..1024, got 2",
+        ),
         ("[p2p]\npeers = 'a@b:1'\n", "[p2p] peers: expected a list"),
         (
             "[p2p]\npeers = ['127.0.0.1:7700']\n",
