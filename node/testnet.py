@@ -12,6 +12,8 @@ A testnet directory looks like::
 
 Validators come first (node0..node{N-1}, one agency each), then observers.
 Node i listens on base_port + 10*i (p2p), +1 (API) and +2 (metrics).
+Each node gets its own LevelDB write buffer (`[node] write_buffer_mb`, spread
+over 24-40 MB): nodes on one machine then do not flush and compact together.
 The genesis document follows docs/interfaces.md exactly.
 """
 

@@ -331,7 +331,11 @@ class FaultCluster:
         if done.returncode != 0:
             return f"mount -t tmpfs failed: {done.stderr.strip() or done.returncode}"
         n.tmpfs = data
-        self.note(f"tmpfs of {size_mb} MB on {data}")
+        # LevelDB's log grows to the write buffer and a flush writes a table as big beside
+        # it: on a small disk only the disk-full fault should fill it (testnet gives up to
+        # 40 MB, most of a 64 MB tmpfs)
+        n.env["REDWOOD_NODE_WRITE_BUFFER_MB"] = str(max(4, size_mb // 4))
+        self.note(f"tmpfs of {size_mb} MB on {data}, write buffer {max(4, size_mb // 4)} MB")
         return ""
 
     # -- HTTP (in the bridge namespace in netns mode) ------------------------------------------
