@@ -8,9 +8,11 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import trio
+import trio.testing
 
 from node import bench
 from node.bench import BenchError
@@ -105,6 +107,63 @@ def test_window_room_bounds_uncommitted_transactions() -> None:
     assert bench.window_room(80, 30, 100) == 50
     assert bench.window_room(300, 30, 100) == 0
     assert bench.window_room(10, 50, 100) == 100  # committed more than we sent (other clients)
+
+
+class _HeldClient:
+    """Stands in for httpx.AsyncClient: every POST waits until the test answers it."""
+
+    posted: ClassVar[list[tuple[int, trio.Event]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
+
+    async def __aenter__(self) -> _HeldClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def post(self, path: str, content: bytes, headers: dict[str, str]) -> Any:
+        answer = trio.Event()
+        n = int(content)
+        self.posted.append((n, answer))
+        await answer.wait()
+
+        class Response:
+            status_code = 200
+
+            def json(self) -> dict[str, Any]:
+                return {"results": [{"accepted": True}] * n}
+
+        return Response()
+
+
+async def test_closed_loop_never_queues_more_than_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One submitter per node: all 16 must not find room at once while batches are in
+    flight (they did, and queued 38,000 transactions against a window of 8,000)."""
+    monkeypatch.setattr(bench.httpx, "AsyncClient", _HeldClient)
+    monkeypatch.setattr(_HeldClient, "posted", [])
+    size = bench.BATCH_TXS
+    batches = [bench.Batch(b"%d" % size, tuple(f"{b}-{i}" for i in range(size))) for b in range(40)]
+    net = bench.Net([f"http://node{i}" for i in range(16)], [], [], "chain")
+    driver = bench.Driver(net, batches, mode="closed", rate=None, window_txs=4 * size)
+    driver._progress = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for url in net.urls:
+            nursery.start_soon(driver._submit_loop, url)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_HeldClient.posted) == 4  # the window, not one batch per submitter
+        for _, answer in _HeldClient.posted:
+            answer.set()  # accepted, not committed: still in the window
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_HeldClient.posted) == 4 and driver.accepted == 4 * size
+        # the first batch commits: room for exactly one more
+        driver._on_block(json.dumps({"height": 1, "tx_hashes": list(batches[0].hashes)}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_HeldClient.posted) == 5
+        nursery.cancel_scope.cancel()
 
 
 def test_closed_window_keeps_the_load_per_validator() -> None:
