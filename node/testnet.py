@@ -179,9 +179,10 @@ def staggered_write_buffer_mb(index: int, total: int) -> int:
     the same blocks then fill their buffers at different moments, so their
     flushes and the compactions after them do not all start together.
     """
+    middle = NodeSection().write_buffer_mb  # the option's default
     if total <= 1:
-        return 32
-    return 24 + round(16 * index / (total - 1))
+        return middle
+    return middle - 8 + round(16 * index / (total - 1))
 
 
 def _params_for(validators: int) -> dict[str, int]:

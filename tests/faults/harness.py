@@ -334,8 +334,9 @@ class FaultCluster:
         # LevelDB's log grows to the write buffer and a flush writes a table as big beside
         # it: on a small disk only the disk-full fault should fill it (testnet gives up to
         # 40 MB, most of a 64 MB tmpfs)
-        n.env["REDWOOD_NODE_WRITE_BUFFER_MB"] = str(max(4, size_mb // 4))
-        self.note(f"tmpfs of {size_mb} MB on {data}, write buffer {max(4, size_mb // 4)} MB")
+        buffer_mb = max(4, size_mb // 4)
+        n.env["REDWOOD_NODE_WRITE_BUFFER_MB"] = str(buffer_mb)
+        self.note(f"tmpfs of {size_mb} MB on {data}, write buffer {buffer_mb} MB")
         return ""
 
     # -- HTTP (in the bridge namespace in netns mode) ------------------------------------------
