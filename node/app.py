@@ -86,6 +86,7 @@ import dataclasses
 import json
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -287,6 +288,9 @@ class Application:
         self._lock = threading.Lock()  # check() and execute() may run on different threads
         self.signatures_checked = 0
         self.signatures_skipped = 0
+        # CPU time (of the threads that ran it) spent maintaining the state tree: the
+        # per-block update with its key and value hashes, pruning and `committed`
+        self.state_tree_cpu_s = 0.0
         # state key -> (version, value hash or None) at the store's head; only `apply`
         # writes it, after the commit; two generations (module docstring)
         self._current: dict[bytes, tuple[int, bytes | None]] = {}
@@ -445,6 +449,7 @@ class Application:
                     StateWrite(record_state_key(tx.agency, tx.key), _written_value(tx), i)
                 )
         versions, known = self._current_of({w.key for w in writes})
+        started = time.thread_time()
         update, current = self._update_tree(prev_ref, writes, height, versions, known)
         root = update.root_hash
         applied = status.count(Code.APPLIED)
@@ -458,6 +463,7 @@ class Application:
         if update.stale:
             meta[state_tree.stale_key(height)] = state_tree.encode_stale(update.stale)
         self._prune(height, meta)
+        self.state_tree_cpu_s += time.thread_time() - started
         return Executed(
             writes, status, meta, root, height, hashes, applied,
             gb.state, tuple(gb.new_epochs), update, versions, current,
@@ -574,7 +580,9 @@ class Application:
         if executed.current:
             self._remember_current(executed.current)
         if executed.tree_update is not None:
+            started = time.thread_time()
             self.tree.committed(executed.tree_update)
+            self.state_tree_cpu_s += time.thread_time() - started
         if executed.gov is not None:
             self.gov = executed.gov
         return executed

@@ -33,7 +33,9 @@ How a run works
    `tx_count` of the blocks `/blocks/{h}` returns for the same heights.
 5. Per-node CPU (utime + stime from /proc/PID/stat over the window) and peak
    RSS (VmHWM) of each node process; the load generator's own CPU too, since
-   it shares the machine.
+   it shares the machine. Of a localnet's nodes also the CPU their state trees
+   took (`redwood_state_tree_cpu_seconds_total` from each node's metrics port),
+   per committed transaction and as a share of the node's CPU.
 
 The output is a human summary on stdout and, with `--out`, one JSON document
 (`RESULT_FIELDS`, `RUN_FIELDS`) for comparison between commits.
@@ -129,6 +131,8 @@ RUN_FIELDS = (
     "ratio_cpu_ceiling",
     "node_cpu_us_per_tx",
     "efficiency",
+    "state_tree_cpu_us_per_tx",
+    "state_tree_cpu_share",
 )
 
 
@@ -586,6 +590,7 @@ class Net:
     chain_id: str
     localnet: Any = None
     out: Path | None = None
+    metrics_urls: list[str] = field(default_factory=list)  # a localnet's, one per node
 
     def pids(self) -> list[int | None]:
         if self.localnet is None:
@@ -627,6 +632,7 @@ def _start_localnet(validators: int, clients: int, out: Path | None = None) -> N
         testnet.chain_id,
         Localnet(testnet),
         out,
+        [f"http://127.0.0.1:{n.ports.metrics}/metrics" for n in testnet.nodes],
     )
     try:
         net.localnet.start()
@@ -656,6 +662,43 @@ def status_of(url: str) -> dict[str, Any]:
     return dict(r.json())
 
 
+STATE_TREE_CPU_METRIC = "redwood_state_tree_cpu_seconds_total"
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of the first sample called `name` in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return float(sample.value)
+    except (ValueError, IndexError, KeyError, TypeError):  # not a Prometheus exposition
+        return None
+    return None
+
+
+def state_tree_cpu_s(metrics_url: str) -> float | None:
+    """A node's `redwood_state_tree_cpu_seconds_total`, or None if it cannot be read."""
+    try:
+        r = httpx.get(metrics_url, timeout=10)
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return metric_value(r.text, STATE_TREE_CPU_METRIC)
+
+
+def tree_cpu_us_per_tx(
+    before: Sequence[float | None], after: Sequence[float | None], committed: int
+) -> float | None:
+    """Mean over the nodes read at both ends: state-tree CPU per committed transaction."""
+    spent = [b - a for a, b in zip(before, after, strict=False) if a is not None and b is not None]
+    if not spent or committed <= 0:
+        return None
+    return round(statistics.fmean(spent) / committed * 1e6, 1)
+
+
 # -- driving the load -----------------------------------------------------------------------------
 
 
@@ -669,6 +712,8 @@ class Window:
     cpu1: list[float | None] = field(default_factory=list)
     self_cpu0: float = 0.0
     self_cpu1: float = 0.0
+    tree0: list[float | None] = field(default_factory=list)  # state-tree CPU s, per node
+    tree1: list[float | None] = field(default_factory=list)
     # peak RssAnon (KiB) of each node over warm-up and window, sampled every RSS_SAMPLE_S:
     # VmHWM also counts the pages of LevelDB's memory-mapped table files (page cache)
     anon_peak_kib: dict[int, int] = field(default_factory=dict)
@@ -758,10 +803,13 @@ class Driver:
         now = trio.current_time()
         cpu = [None if p is None else process_cpu_s(p) for p in pids]
         mine = time.process_time()
+        tree = [
+            await trio.to_thread.run_sync(state_tree_cpu_s, url) for url in self.net.metrics_urls
+        ]
         if first:
-            win.t0, win.status0, win.cpu0, win.self_cpu0 = now, status, cpu, mine
+            win.t0, win.status0, win.cpu0, win.self_cpu0, win.tree0 = now, status, cpu, mine, tree
         else:
-            win.t1, win.status1, win.cpu1, win.self_cpu1 = now, status, cpu, mine
+            win.t1, win.status1, win.cpu1, win.self_cpu1, win.tree1 = now, status, cpu, mine, tree
 
     def unrefused(self) -> int:
         """Transactions posted and not refused: accepted, or in a request not answered yet.
@@ -933,6 +981,8 @@ def run_doc(
     node_cpu_s = [
         n_["cpu_percent"] / 100 * elapsed for n_ in nodes if n_["cpu_percent"] is not None
     ]
+    node_us = cpu_per_tx_us(node_cpu_s, committed)
+    tree_us = tree_cpu_us_per_tx(win.tree0, win.tree1, committed)
     return {
         "validators": n,
         "mode": driver.mode,
@@ -966,9 +1016,12 @@ def run_doc(
         ),
         # CPU a node spends per committed transaction, against the bare pipeline's cost:
         # efficiency 1.0 = no overhead beyond decode + verify + execute + write
-        "node_cpu_us_per_tx": cpu_per_tx_us(node_cpu_s, committed),
-        "efficiency": efficiency(
-            cpu_per_tx_us(node_cpu_s, committed), _CEILING_CPU_TPS or ceiling_tps
+        "node_cpu_us_per_tx": node_us,
+        "efficiency": efficiency(node_us, _CEILING_CPU_TPS or ceiling_tps),
+        # of a localnet's nodes (their metrics ports): the state tree's part of that CPU
+        "state_tree_cpu_us_per_tx": tree_us,
+        "state_tree_cpu_share": (
+            None if tree_us is None or not node_us else round(tree_us / node_us, 3)
         ),
         "load_average": load_average(),
     }
@@ -1284,7 +1337,8 @@ def run_line(doc: dict[str, Any]) -> str:
         f"{doc.get('ratio_cpu_ceiling')} against the CPU-time ceiling), "
         f"p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, blocks {doc['blocks']} "
         f"of {doc['block_txs_mean']} txs every {doc['block_interval_ms']['mean']} ms, "
-        f"cpu [{cpu}] = {doc['node_cpu_us_per_tx']} us/tx/node (efficiency {doc['efficiency']}), "
+        f"cpu [{cpu}] = {doc['node_cpu_us_per_tx']} us/tx/node (efficiency {doc['efficiency']}; "
+        f"state tree {doc.get('state_tree_cpu_us_per_tx')} us = {doc.get('state_tree_cpu_share')}), "
         f"loadgen {doc['loadgen_cpu_percent']}%, peak rss {rss} MB (heap {anon} MB), "
         f"load {doc['load_average']}"
     )
@@ -1303,6 +1357,10 @@ def summarise(scenario: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "ratio_median": _median(runs, lambda r: r["ratio"]),
             "ratio_cpu_ceiling_median": _median(runs, lambda r: r.get("ratio_cpu_ceiling")),
             "efficiency_median": _median(runs, lambda r: r.get("efficiency")),
+            "state_tree_cpu_us_per_tx_median": _median(
+                runs, lambda r: r.get("state_tree_cpu_us_per_tx")
+            ),
+            "state_tree_cpu_share_median": _median(runs, lambda r: r.get("state_tree_cpu_share")),
             "latency_p50_ms_median": _median(runs, lambda r: r["latency_ms"]["p50"]),
             "latency_p99_ms_median": _median(runs, lambda r: r["latency_ms"]["p99"]),
             "rss_peak_mb_max": max(

@@ -203,6 +203,16 @@ class NodeMetrics:
             "checked (executing committed blocks, or cached from admission).",
         )
 
+    def bind_state_tree(self, cpu_seconds: Callable[[], float]) -> None:
+        """Export `redwood_state_tree_cpu_seconds_total` (`Application.state_tree_cpu_s`)."""
+        self.add_layer(
+            "state_tree",
+            lambda: {"cpu_seconds_total": cpu_seconds()},
+            "CPU time spent maintaining the state tree: each executed block's update with "
+            "its key and value hashes, pruning, and the node cache after the commit. Its "
+            "LevelDB writes are not included (they go in the block's batch).",
+        )
+
     def add_layer(self, name: str, read: Callable[[], dict[str, Any]], help_text: str) -> None:
         """Export a layer's plain counters as `redwood_<name>_<key>` at scrape time.
 

@@ -691,3 +691,33 @@ def test_apply_many_applies_in_order_and_syncs_only_the_last_write(genesis: Gene
     assert [e.height for e in done] == [1, 2, 3]
     assert replay_store.syncs == [False, False, True]
     assert [e.state_root for e in done] == [app.state_root_at(h) for h in (1, 2, 3)]
+
+
+def test_state_tree_cpu_counts_the_tree_and_not_the_block_write(
+    store: Any, genesis: Genesis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`state_tree_cpu_s` (exported as redwood_state_tree_cpu_seconds_total) adds the
+    thread CPU of each block's tree update and of `committed`, and nothing of the
+    store's write: a fake thread clock that only the tree and the store advance."""
+    import node.app as app_module
+
+    clock = [0.0]
+    monkeypatch.setattr(app_module.time, "thread_time", lambda: clock[0])
+    app = Application(store, genesis)
+    update, committed, commit_block = app.tree.update, app.tree.committed, store.commit_block
+
+    def timed(cost: float, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            clock[0] += cost
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(app.tree, "update", timed(5.0, update))
+    monkeypatch.setattr(app.tree, "committed", timed(3.0, committed))
+    monkeypatch.setattr(store, "commit_block", timed(100.0, commit_block))
+    assert app.state_tree_cpu_s == 0.0
+    app.apply(make_block(store, [tx(record="t1"), tx(record="t2")]))
+    assert app.state_tree_cpu_s == 8.0
+    app.apply(make_block(store, [tx(record="t3")]))
+    assert app.state_tree_cpu_s == 16.0

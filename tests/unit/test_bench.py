@@ -312,6 +312,25 @@ def test_smoke_throughput_run_writes_the_json(tmp_path: Path) -> None:
     assert len(run["nodes"]) == 4 and all(n["rss_peak_mb"] for n in run["nodes"])
     assert all(0 < n["rss_anon_peak_mb"] <= n["rss_peak_mb"] for n in run["nodes"])
     assert "committed_tps_median" in proc.stdout
+    # the state tree's CPU, read from every node's metrics port, is part of the node's
+    assert 0 < run["state_tree_cpu_us_per_tx"] < run["node_cpu_us_per_tx"]
+    assert 0 < run["state_tree_cpu_share"] < 1
+
+
+def test_state_tree_cpu_per_tx_from_metrics() -> None:
+    text = (
+        "# HELP redwood_state_tree_cpu_seconds_total CPU\n"
+        "# TYPE redwood_state_tree_cpu_seconds_total counter\n"
+        'redwood_state_tree_cpu_seconds_total{chain_id="c"} 1.5\n'
+        'redwood_state_tree_cpu_created{chain_id="c"} 1.7e9\n'
+    )
+    assert bench.metric_value(text, bench.STATE_TREE_CPU_METRIC) == 1.5
+    assert bench.metric_value("", bench.STATE_TREE_CPU_METRIC) is None
+    assert bench.metric_value("not { prometheus", bench.STATE_TREE_CPU_METRIC) is None
+    # nodes that spent 0.2 and 0.4 s on 10,000 txs: 30 us/tx on average; unread nodes left out
+    assert bench.tree_cpu_us_per_tx([1.0, 2.0, None], [1.2, 2.4, 5.0], 10_000) == 30.0
+    assert bench.tree_cpu_us_per_tx([None], [1.0], 10) is None
+    assert bench.tree_cpu_us_per_tx([1.0], [2.0], 0) is None
 
 
 def test_cpu_per_tx_and_efficiency() -> None:

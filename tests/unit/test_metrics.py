@@ -106,6 +106,7 @@ def full_metrics(tmp_path: Path, clock: FakeClock | None = None) -> NodeMetrics:
         node_dropped={"undecodable": 1},
     )
     m.bind_signatures(lambda: 7, lambda: 5)
+    m.bind_state_tree(lambda: 1.25)
     return m
 
 
@@ -321,6 +322,15 @@ def test_blocks_fetched_counts_blocks_not_responses() -> None:
     m.observe_blocks_fetched(0)
     m.observe_blocks_fetched(5)
     assert value(m, "redwood_sync_blocks_fetched_total") == 8
+
+
+def test_state_tree_cpu_is_read_at_scrape_time() -> None:
+    m = NodeMetrics(CHAIN, "00", "v")
+    spent = [0.0]
+    m.bind_state_tree(lambda: spent[0])
+    assert value(m, "redwood_state_tree_cpu_seconds_total", chain_id=CHAIN) == 0.0
+    spent[0] = 2.5
+    assert value(m, "redwood_state_tree_cpu_seconds_total", chain_id=CHAIN) == 2.5
 
 
 def test_add_layer_skips_bound_names_and_garbage() -> None:
