@@ -43,6 +43,16 @@ class DecodeError(ValueError):
     """Bytes from outside are not a valid Redwood object. The message says why."""
 
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # an install without mypy: the decorator only matters to mypyc's build
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[T], T]:
+        return lambda cls: cls
+
+
+# two builtin bases: a Python class even when this module is compiled (node/native.py)
+@mypyc_attr(native_class=False)
 class EncodeError(TypeError, ValueError):
     """A value cannot be encoded (wrong type, out of range, too long): a caller bug."""
 
@@ -576,13 +586,13 @@ def _finish(data: bytes, pos: int) -> None:
         raise _Bad(f"{len(data) - pos} trailing bytes after the value (offset {pos})")
 
 
-def unpack(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+def unpack(given: object, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """Canonical msgpack bytes -> plain structure; anything else raises `DecodeError`.
 
     Accepts only what `pack` produces from arrays, unsigned ints, bools, nil,
     str and bin, in canonical form, nested at most MAX_UNPACK_DEPTH deep.
     """
-    data = _as_bytes(data, max_bytes)
+    data = _as_bytes(given, max_bytes)  # not typed bytes: a clear error for anything else
     try:
         raw, pos = _read_any(data, 0, MAX_UNPACK_DEPTH)
         _finish(data, pos)
@@ -641,9 +651,9 @@ def encode(obj: Any) -> bytes:
     return pack([FORMAT_VERSION, tag, to_raw(obj)])
 
 
-def decode(data: bytes, expected: type[T] | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
+def decode(given: object, expected: type[T] | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """Bytes from anywhere -> a fully checked message, or `DecodeError`."""
-    data = _as_bytes(data, max_bytes)
+    data = _as_bytes(given, max_bytes)  # not typed bytes: a clear error for anything else
     root = ""
     result: Any = None
     try:
@@ -675,9 +685,9 @@ def encode_body(obj: Any) -> bytes:
     return pack(to_raw(obj))
 
 
-def decode_body(cls: type[T], data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
+def decode_body(cls: type[T], given: object, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """The inverse of `encode_body`: bytes -> a fully checked `cls`, or `DecodeError`."""
-    data = _as_bytes(data, max_bytes)
+    data = _as_bytes(given, max_bytes)  # not typed bytes: a clear error for anything else
     try:
         result, pos = _read_struct(cls, data, 0)
         _finish(data, pos)

@@ -72,7 +72,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import plyvel
 
@@ -566,7 +566,7 @@ class ChainStore:
     @_leveldb_errors
     def journal_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Persist journal records (None deletes) atomically, synced before returning."""
-        for key, value in records:
+        for key, value in _pairs(records, "journal"):
             _check_bytes("journal key", key, META_KEY_BYTES_MAX)
             if value is not None and not isinstance(value, bytes):
                 raise ValueError("journal value must be bytes or None")
@@ -855,12 +855,26 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
 
 def _meta_entries(meta: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
     entries = []
-    for key, value in meta.items():
+    for key, value in _pairs(meta.items(), "meta"):
         _check_bytes("meta key", key, META_KEY_BYTES_MAX)
         if value is not None and not isinstance(value, bytes):
             raise ValueError("meta value must be bytes or None")
-        entries.append((_META + key, value))
+        entries.append((_META + cast(bytes, key), value))
     return entries
+
+
+def _pairs(items: Iterable[object], what: str) -> list[tuple[object, object]]:
+    """(key, value) pairs as plain objects, so that the checks after it see every bad type.
+
+    Typed loops over the caller's pairs would raise TypeError in the compiled
+    build (node/native.py) before the store's own checks could say what is wrong.
+    """
+    out = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise ValueError(f"{what} entries must be (key, value) pairs")
+        out.append((item[0], item[1]))
+    return out
 
 
 def _check_bytes(what: str, key: object, max_len: int) -> None:
