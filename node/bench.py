@@ -66,6 +66,8 @@ from typing import Any
 import httpx
 import trio
 
+from node import native
+
 SCENARIOS = ("throughput", "latency", "scale", "catchup", "restart")
 SCALE_VALIDATORS = (4, 7, 10, 16)
 VALUE_BYTES = 200
@@ -101,6 +103,7 @@ RESULT_FIELDS = (
     "bench",
     "scenario",
     "commit",
+    "build",
     "machine",
     "params",
     "ceiling",
@@ -1398,6 +1401,7 @@ def result(scenario: str, params: dict[str, Any], ceiling: dict[str, Any], runs:
         "bench": 1,
         "scenario": scenario,
         "commit": git_commit(),
+        "build": native.MODE,  # compiled or pure Python (node/native.py); the nodes' too
         "machine": {
             **machine(),
             "load_average_before": load_before,
@@ -1416,7 +1420,7 @@ def human(doc: dict[str, Any]) -> str:
     c, m = doc["ceiling"], doc["machine"]
     lines = [
         f"redwood bench {doc['scenario']} at {doc['commit']} on {m['cores']} cores ({m['cpu']}), "
-        f"load {m['load_average_before']} -> {m['load_average_after']}",
+        f"load {m['load_average_before']} -> {m['load_average_after']}, {doc.get('build')}",
         f"single-core pipeline ceiling: {c['txs_per_s']:.0f} tx/s "
         f"wall, {c.get('cpu_txs_per_s', 0):.0f} tx/s of CPU time "
         f"(decode + verify + execute + LevelDB, {c['txs']} txs)",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from node import __version__
+from node import __version__, native
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -95,6 +95,12 @@ def url_arg(text: str) -> str:
 def build_parser() -> Parser:
     parser = Parser(prog="redwood", description="Redwood: a PBFT consortium blockchain node.")
     parser.add_argument("--version", action="version", version=f"redwood {__version__}")
+    parser.add_argument(
+        "--build",
+        action="version",
+        version=native.MODE,
+        help="show whether the hot modules run compiled or as Python (and why), and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_init(sub)
     _add_testnet(sub)

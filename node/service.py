@@ -43,6 +43,7 @@ from consensus.types import (
     PrePrepare,
     tx_hash,
 )
+from node import native
 from node.driver import Driver, PeerConnected, PeerMessage, Tick, is_sync_message
 
 log = logging.getLogger("redwood.node")
@@ -316,6 +317,7 @@ class Node:
                     extra={
                         "node_id": self.node_id.hex(), "height": self.store.head_height(),
                         "p2p_port": p2p_port, "api_port": api_port, "validator": self.is_validator,
+                        "build": native.MODE,
                     },
                 )  # fmt: skip
                 task_status.started((p2p_port, api_port, metrics_port))

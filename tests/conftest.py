@@ -2,6 +2,10 @@
 
 import pytest
 
+# before any test module imports a compiled module's source: node/__init__.py
+# decides between the compiled build and the sources (node/native.py)
+import node  # noqa: F401
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")

@@ -24,6 +24,7 @@ from consensus.types import (
     Transaction,
     tx_hash,
 )
+from node import native
 from node.app import (
     META_STATE_ROOT,
     META_TX_COUNT,
@@ -693,6 +694,10 @@ def test_apply_many_applies_in_order_and_syncs_only_the_last_write(genesis: Gene
     assert [e.state_root for e in done] == [app.state_root_at(h) for h in (1, 2, 3)]
 
 
+@pytest.mark.skipif(
+    "node.app" in native.compiled_modules(),
+    reason="patches methods of compiled classes: test_native runs it in the pure build",
+)
 def test_state_tree_cpu_counts_the_tree_and_not_the_block_write(
     store: Any, genesis: Genesis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
