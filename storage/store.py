@@ -68,7 +68,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -863,18 +863,17 @@ def _meta_entries(meta: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes
     return entries
 
 
-def _pairs(items: Iterable[object], what: str) -> list[tuple[object, object]]:
+def _pairs(items: Iterable[object], what: str) -> Iterator[tuple[object, object]]:
     """(key, value) pairs as plain objects, so that the checks after it see every bad type.
 
     Typed loops over the caller's pairs would raise TypeError in the compiled
     build (node/native.py) before the store's own checks could say what is wrong.
+    A generator: a block's meta holds ~10,000 tree nodes, not worth a second list.
     """
-    out = []
     for item in items:
         if not isinstance(item, tuple) or len(item) != 2:
             raise ValueError(f"{what} entries must be (key, value) pairs")
-        out.append((item[0], item[1]))
-    return out
+        yield item[0], item[1]
 
 
 def _check_bytes(what: str, key: object, max_len: int) -> None:
