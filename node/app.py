@@ -125,6 +125,9 @@ VERIFIED_CACHE_BYTES_MAX = 64 * 1024 * 1024  # ~100,000 txs of 200-byte values
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
 STATE_VERSIONS_KEPT = 256  # heights whose state tree stays provable
+# how long `verify_checked` waits for another thread's check of the same transactions
+# before checking them itself (that check takes milliseconds; this only bounds a stuck one)
+CLAIM_WAIT_S = 10.0
 
 _U64 = struct.Struct(">Q")
 _TX_FIELDS = len(codec.schema(Transaction))
@@ -285,6 +288,8 @@ class Application:
         self._cache_bytes_max = verified_cache_bytes_max
         self._verified: OrderedDict[bytes, Transaction] = OrderedDict()
         self._verified_bytes = 0
+        # tx hash -> the event a `verify_checked` call sets once its check of it is done
+        self._claimed: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()  # check() and execute() may run on different threads
         self.signatures_checked = 0
         self.signatures_skipped = 0
@@ -303,10 +308,8 @@ class Application:
         result = self.precheck(tx_bytes, height)
         if isinstance(result, Rejected) or result.tx_hash in self._verified:
             return result
-        if not self._verify_many([self.signature_item(result.tx, tx_bytes)])[0]:
+        if not self.verify_checked([result], [self.signature_item(result.tx, tx_bytes)])[0]:
             return Rejected("bad_signature", "signature does not verify for the sender's key")
-        self.signatures_checked += 1
-        self.remember(result)
         return result
 
     def precheck(self, tx_bytes: bytes, height: int) -> Checked | Rejected:
@@ -335,6 +338,78 @@ class Application:
     def verify_signatures(self, items: Sequence[VerifyItem]) -> list[bool]:
         """Check a batch of `signature_item`s with this application's verifier."""
         return self._verify_many(items)
+
+    def verify_checked(self, checked: Sequence[Checked], items: Sequence[VerifyItem]) -> list[bool]:
+        """Check the signatures of `checked` (`items[k]` is `checked[k]`'s `signature_item`),
+        at most once per transaction on this node, and cache the good ones (`remember`).
+
+        Admission (each gossip or API batch) and `verify_proposal` run on different
+        threads and often hold the same transactions at the same time: a PRE-PREPARE
+        arrives while the gossip of its transactions is being checked. Each hash not
+        yet in the verified cache is claimed by the first call that sees it; a later
+        call waits for that one (at most `CLAIM_WAIT_S`) and takes its answer from the
+        cache. A hash names the exact bytes, so both calls would get the same answer;
+        a hash the other call found bad (never cached) is checked again here. A call
+        waits only after its own check is done and its claims are released, so two
+        calls never wait for each other.
+        """
+        if len(checked) != len(items):
+            raise ValueError("one signature item per checked transaction is required")
+        results = [False] * len(items)
+        done = threading.Event()
+        mine: list[int] = []
+        waiting: dict[int, threading.Event] = {}
+        with self._lock:
+            for k, c in enumerate(checked):
+                h = c.tx_hash
+                if h in self._verified:
+                    results[k] = True
+                    continue
+                other = self._claimed.get(h)
+                if other is None:
+                    self._claimed[h] = done
+                    mine.append(k)
+                else:
+                    waiting[k] = other
+        try:
+            self._check_and_remember(checked, items, mine, results)
+        finally:
+            with self._lock:
+                for k in mine:
+                    h = checked[k].tx_hash
+                    if self._claimed.get(h) is done:
+                        del self._claimed[h]
+            done.set()
+        if waiting:
+            for event in {id(e): e for e in waiting.values()}.values():
+                event.wait(CLAIM_WAIT_S)
+            again: list[int] = []
+            with self._lock:
+                for k in waiting:
+                    if checked[k].tx_hash in self._verified:
+                        results[k] = True
+                    else:
+                        again.append(k)
+            self._check_and_remember(checked, items, again, results)
+        return results
+
+    def _check_and_remember(
+        self,
+        checked: Sequence[Checked],
+        items: Sequence[VerifyItem],
+        indexes: list[int],
+        results: list[bool],
+    ) -> None:
+        if not indexes:
+            return
+        oks = self._verify_many([items[k] for k in indexes])
+        if len(oks) != len(indexes):
+            raise ValueError("verify_many must answer every item")
+        self.signatures_checked += len(indexes)
+        for k, ok in zip(indexes, oks, strict=True):
+            results[k] = ok
+            if ok:
+                self.remember(checked[k])
 
     def remember(self, checked: Checked) -> None:
         """Record that `checked`'s signature verified (bounded; oldest forgotten first)."""
@@ -379,7 +454,9 @@ class Application:
         node executing it (live or catching up) need not check them again
         (`execute(..., verify_signatures=False)`). Transactions already in the
         verified cache are not checked again; the ones checked here join it, so
-        the later gossip of the same transaction and the execution skip them.
+        the later gossip of the same transaction and the execution skip them, and
+        the ones an admission batch is checking at this moment are waited for, not
+        checked twice (`verify_checked`).
         Undecodable transactions are left to execution (`bad_encoding`, the
         same on every node).
         """
@@ -395,13 +472,10 @@ class Application:
             except DecodeError:
                 continue
         items = [self.signature_item(c.tx, raws[i]) for i, c in checked]
-        results = self._verify_many(items) if items else []
-        self.signatures_checked += len(items)
+        results = self.verify_checked([c for _, c in checked], items) if items else []
         bad = None
-        for (i, c), ok in zip(checked, results, strict=True):
-            if ok:
-                self.remember(c)
-            elif bad is None or i < bad:
+        for (i, _c), ok in zip(checked, results, strict=True):
+            if not ok and (bad is None or i < bad):
                 bad = i
         return bad
 

@@ -76,6 +76,7 @@ class Screened:
     results: list[Added | Rejected | None]
     checked: list[tuple[int, Checked, bytes]] = field(default_factory=list)  # index, checked, bytes
     items: list[VerifyItem] = field(default_factory=list)  # signatures to verify, same order
+    unverified: list[Checked] = field(default_factory=list)  # whose `items` they are, same order
     # positions in `checked` whose signature the application verified already (no item)
     preverified: set[int] = field(default_factory=set)
 
@@ -136,8 +137,24 @@ class Mempool:
     ) -> list[Added | Rejected]:
         """`add` for a batch whose signatures are checked together (one answer per tx)."""
         screened = self.screen(txs, height)
-        verify = verify_many if verify_many is not None else self.app.verify_signatures
-        return self.admit(screened, verify(screened.items) if screened.items else [])
+        return self.admit(screened, self.verify(screened, verify_many))
+
+    def verify(
+        self,
+        screened: Screened,
+        verify_many: Callable[[Sequence[VerifyItem]], list[bool]] | None = None,
+    ) -> list[bool]:
+        """The signature results `admit` takes for `screened` (the node runs this off the
+        event loop). By default through the application's `verify_checked`, so a
+        transaction that a proposal check or another batch is checking at the same
+        moment is not checked twice; good ones join the verified cache."""
+        if not screened.items:
+            return []
+        if verify_many is None:
+            return self.app.verify_checked(screened.unverified, screened.items)
+        oks = verify_many(screened.items)
+        self.app.signatures_checked += len(screened.items)
+        return oks
 
     def screen(self, txs: Sequence[bytes], height: int) -> Screened:
         """First half of `add_many`: every check but signatures. Changes nothing but counters."""
@@ -163,6 +180,7 @@ class Mempool:
                         screened.preverified.add(len(screened.checked))
                     else:
                         screened.items.append(self.app.signature_item(result.tx, tx_bytes))
+                        screened.unverified.append(result)
                     screened.checked.append((i, result, tx_bytes))
             if problem is not None:
                 screened.results[i] = self._reject(problem)
@@ -177,15 +195,11 @@ class Mempool:
         moved = self.app.store.head_height() != screened.height
         oks = iter(signatures_ok)
         for position, (i, checked, tx_bytes) in enumerate(screened.checked):
-            if position not in screened.preverified:
-                if not next(oks):
-                    bad = Rejected(
-                        "bad_signature", "signature does not verify for the sender's key"
-                    )
-                    results[i] = self._reject(bad)
-                    continue
-                self.app.signatures_checked += 1
-            self.app.remember(checked)
+            if position not in screened.preverified and not next(oks):
+                bad = Rejected("bad_signature", "signature does not verify for the sender's key")
+                results[i] = self._reject(bad)
+                continue
+            self.app.remember(checked)  # already there when `verify` checked it
             early = self._refuse_early(checked.tx_hash, len(tx_bytes))
             if early is None and moved and self.app.store.has_tx(checked.tx_hash):
                 # committed while its signature was being checked off the loop

@@ -622,7 +622,7 @@ class Node:
         screened = self.mempool.screen(txs, height)
         oks: list[bool] = []
         if screened.items:
-            oks = await trio.to_thread.run_sync(self.verify_pool.verify_many, screened.items)
+            oks = await trio.to_thread.run_sync(self.mempool.verify, screened)
         results = self.mempool.admit(screened, oks)
         if any(not hasattr(r, "code") for r in results):
             self.driver.poke()

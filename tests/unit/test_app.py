@@ -8,6 +8,7 @@ dir (the `store_kind` fixture).
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -638,6 +639,100 @@ def _timed(fn: Any, arg: Any, clock: Any) -> float:
     result = fn(arg)
     assert result.applied == len(arg.txs)
     return float(clock() - start)
+
+
+class HeldVerifier:
+    """Counts what it checks; its first call blocks until `release` is set."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.checked: list[int] = []
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+        self.fail_first = fail_first
+        self.changed = threading.Condition()
+
+    def __call__(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        with self.changed:
+            first = not self.checked
+            self.checked.append(len(items))
+            self.changed.notify_all()
+        if first:
+            self.first_started.set()
+            assert self.release.wait(10)
+            if self.fail_first:
+                raise RuntimeError("verifier failed")
+        return verify_serial(items)
+
+
+def _checked_items(app: Application, raws: list[bytes]) -> tuple[list[Checked], list[Any]]:
+    checked: list[Checked] = []
+    for raw in raws:
+        result = app.precheck(raw, 0)
+        assert isinstance(result, Checked)
+        checked.append(result)
+    return checked, [app.signature_item(c.tx, raw) for c, raw in zip(checked, raws, strict=True)]
+
+
+def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn(*args))
+        except Exception as exc:  # handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_concurrent_checks_of_the_same_transactions_verify_each_once(
+    store: Any, genesis: Genesis
+) -> None:
+    """A PRE-PREPARE's check and an admission batch holding the same transactions at
+    the same moment (what made backups check 1.5 signatures a transaction): the later
+    call waits for the earlier one's answer instead of checking again."""
+    held = HeldVerifier()
+    app = Application(store, genesis, verify_many=held)
+    bad = _damaged(tx(record="bad"))
+    raws = [tx(record=f"c{i}") for i in range(5)] + [bad]
+    checked, items = _checked_items(app, raws)
+    first, first_out = _in_thread(
+        app.verify_checked, checked[:4] + checked[5:], items[:4] + items[5:]
+    )
+    assert held.first_started.wait(10)
+    # the second call holds 3 of the first's (one of them bad) and 1 of its own
+    second, second_out = _in_thread(app.verify_checked, checked[2:], items[2:])
+    with held.changed:  # the second call checks its own transaction while the first is held
+        assert held.changed.wait_for(lambda: len(held.checked) >= 2, timeout=10)
+    assert held.checked == [5, 1]
+    held.release.set()
+    first.join(10)
+    second.join(10)
+    assert first_out == [[True, True, True, True, False]]
+    assert second_out == [[True, True, True, False]]
+    # the bad one is not cached, so the second call checked it again; nothing else twice
+    assert held.checked == [5, 1, 1] and app.signatures_checked == 7
+    assert all(app.is_verified(c.tx_hash) for c in checked[:5])
+    assert not app.is_verified(checked[5].tx_hash) and not app._claimed
+
+
+def test_a_check_that_fails_releases_its_claims(store: Any, genesis: Genesis) -> None:
+    held = HeldVerifier(fail_first=True)
+    app = Application(store, genesis, verify_many=held)
+    checked, items = _checked_items(app, [tx(record=f"f{i}") for i in range(3)])
+    first, first_out = _in_thread(app.verify_checked, checked, items)
+    assert held.first_started.wait(10)
+    second, second_out = _in_thread(app.verify_checked, checked[1:], items[1:])
+    held.release.set()
+    first.join(10)
+    second.join(10)
+    assert isinstance(first_out[0], RuntimeError)
+    assert second_out == [[True, True]] and held.checked == [3, 2]  # checked itself, no hang
+    assert not app._claimed
+    with pytest.raises(ValueError, match="one signature item"):
+        app.verify_checked(checked, items[:1])
 
 
 def _damaged(raw: bytes) -> bytes:
