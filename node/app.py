@@ -312,8 +312,11 @@ class Application:
             return Rejected("bad_signature", "signature does not verify for the sender's key")
         return result
 
-    def precheck(self, tx_bytes: bytes, height: int) -> Checked | Rejected:
-        """Every rule of `check` except the signature (the caller batches those)."""
+    def precheck(
+        self, tx_bytes: bytes, height: int, tx_hash: bytes | None = None
+    ) -> Checked | Rejected:
+        """Every rule of `check` except the signature (the caller batches those).
+        `tx_hash`, when the caller has it, must be `sha256(tx_bytes)`."""
         try:
             tx = decode_tx(tx_bytes)
         except DecodeError as exc:
@@ -321,7 +324,7 @@ class Application:
         problem = self._violation(tx, height + 1)
         if problem is not None:
             return Rejected(problem[0].name.lower(), problem[1])
-        h = sha256(tx_bytes)
+        h = sha256(tx_bytes) if tx_hash is None else tx_hash
         if self.store.has_tx(h):
             return Rejected("duplicate", "transaction already committed")
         return Checked(tx, h)

@@ -170,7 +170,7 @@ class Mempool:
             if problem is None and h in batch:
                 problem = Rejected("duplicate", "repeated in this batch")
             if problem is None:
-                result = self.app.precheck(tx_bytes, height)
+                result = self.app.precheck(tx_bytes, height, h)
                 if isinstance(result, Rejected):
                     problem = result
                 else:

@@ -544,10 +544,11 @@ class Node:
         self._last_commit_at = now
         if self._submitted_at or self._waiters:
             wall = time.monotonic()
+            latency = m.commit_latency.labels(c)
             for h in hashes:
                 t0 = self._submitted_at.pop(h, None)
                 if t0 is not None:
-                    m.commit_latency.labels(c).observe(wall - t0)
+                    latency.observe(wall - t0)
                 event = self._waiters.pop(h, None)
                 if event is not None:
                     event.set()
@@ -639,10 +640,10 @@ class Node:
         accepted: list[bytes] = []
         now = time.monotonic()
         for tx, r in zip(txs, results, strict=True):
-            h = tx_hash(tx)
             if hasattr(r, "code"):
-                out.append(SubmitResult(h, False, r.code, r.message))
+                out.append(SubmitResult(tx_hash(tx), False, r.code, r.message))
             else:
+                h = r.tx_hash  # `Added` carries the hash admission computed
                 out.append(SubmitResult(h, True))
                 accepted.append(tx)
                 if len(self._submitted_at) < WAITERS_MAX:
