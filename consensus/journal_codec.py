@@ -22,10 +22,12 @@ Integers in keys are 8-byte big-endian, so records sort by height.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from consensus import codec
 from consensus.types import (
+    Block,
     Checkpoint,
     PreparedCertificate,
     SignedVote,
@@ -70,6 +72,55 @@ def encode_vote(kind: int, view: int, height: int, digest: bytes) -> bytes:
 
 def encode_prepared(pc: PreparedCertificate) -> bytes:
     return codec.encode_body(pc)
+
+
+# A ``pc/`` record whose block has committed holds the same transactions as the
+# block record, which stays in the same store for as long as the journal does.
+# The store rewrites such a record without them in the block's own commit batch
+# (`elide_prepared`) and puts them back when the journal is read at start
+# (`restore_prepared`), so the replica always gets the bytes it wrote, and the
+# transactions are not carried through LevelDB's compactions twice until the
+# stable checkpoint deletes the record. An elided record starts with this tag; a
+# full one starts with a msgpack array header, never 0x00.
+ELIDED_TAG = b"\x00redwood/pc-elided/v1\x00"
+
+
+def elide_prepared(value: bytes, block: Block) -> bytes | None:
+    """`value` (an `encode_prepared` record) without its block's transactions when it is
+    the prepared certificate of exactly `block`; None when it is not (or is elided
+    already, or does not decode): such a record is left as it is."""
+    if value.startswith(ELIDED_TAG):
+        return None
+    try:
+        pc = codec.decode_body(PreparedCertificate, value)
+    except codec.DecodeError:
+        return None
+    pp = pc.pre_prepare
+    if pp.height != block.height or pp.block.hash() != block.hash() or pp.block.txs != block.txs:
+        return None
+    stub = replace(pc, pre_prepare=replace(pp, block=Block(pp.block.header, ())))
+    return ELIDED_TAG + codec.encode_body(stub)
+
+
+def restore_prepared(value: bytes, block_at: Callable[[int], Block | None]) -> bytes:
+    """The `encode_prepared` record that `elide_prepared` made `value` from, with the
+    transactions of the committed block `block_at(height)`; `value` if it is not an
+    elided record. JournalError when that block is missing or is another block."""
+    if not value.startswith(ELIDED_TAG):
+        return value
+    try:
+        stub = codec.decode_body(PreparedCertificate, value[len(ELIDED_TAG) :])
+    except codec.DecodeError as exc:
+        raise JournalError(f"an elided prepared certificate does not decode: {exc}") from None
+    pp = stub.pre_prepare
+    block = block_at(pp.height)
+    if block is None or block.hash() != pp.block.hash() or pp.block.txs:
+        raise JournalError(
+            f"the prepared certificate of height {pp.height} refers to a committed block "
+            "the store does not hold"
+        )
+    full = replace(stub, pre_prepare=replace(pp, block=Block(pp.block.header, block.txs)))
+    return codec.encode_body(full)
 
 
 def encode_stable(height: int, root: bytes, proof: tuple[Checkpoint, ...]) -> bytes:

@@ -23,7 +23,9 @@ key                            value
 ``v/`` u16 len, key, u64 ver   one version: u64 height, u32 tx_index,
                                u8 present(1)/deleted(0), value
 ``a/`` meta key                application meta value
-``j/`` journal key             consensus journal value
+``j/`` journal key             consensus journal value (a committed block's
+                               prepared certificate without its transactions,
+                               see below)
 =============================  ==============================================
 
 Transactions are stored once, inside the block record; the tx index keeps
@@ -34,6 +36,16 @@ version (two point reads for `get_record`, and a quarter fewer bytes written per
 block than keeping a second copy of every value). History keys carry the
 state key's length so that one key's versions are a contiguous range that no
 other key's entries can fall into.
+
+The replica journals each prepared certificate with its whole block before it
+votes COMMIT, and deletes it only at the next stable checkpoint (64-128 heights
+later), by which time LevelDB has merged those bytes down a level or two. When
+the block commits, its commit batch rewrites that record without the block's
+transactions (`journal_codec.elide_prepared`, only if the record is there and
+is for this very block: the check runs under the writer lock, so a record the
+replica deleted or replaced is never written back); `journal_items` puts them
+back from the block record (`journal_codec.restore_prepared`), so the replica
+reads exactly what it wrote.
 
 Reads never take a lock (LevelDB reads are thread-safe and each iterator reads
 a snapshot). Writers (`commit_block`, `journal_write`) are serialized by a
@@ -76,9 +88,9 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import plyvel
 
-from consensus import codec
+from consensus import codec, journal_codec
 from consensus.codec import DecodeError
-from consensus.types import CertifiedBlock, tx_hash
+from consensus.types import Block, CertifiedBlock, tx_hash
 
 FORMAT = 1
 HASH_BYTES = 32
@@ -579,9 +591,31 @@ class ChainStore:
 
     @_leveldb_errors
     def journal_items(self) -> dict[bytes, bytes]:
+        """Every journal record as written, prepared certificates whose block has committed
+        restored in full (`commit_block` stored them without their transactions)."""
         n = len(_JOURNAL)
         with self._db.iterator(prefix=_JOURNAL) as it:
-            return {key[n:]: value for key, value in it}
+            items = {key[n:]: value for key, value in it}
+        for key, value in items.items():
+            if value.startswith(journal_codec.ELIDED_TAG):
+                try:
+                    items[key] = journal_codec.restore_prepared(value, self._committed_block)
+                except journal_codec.JournalError as exc:
+                    raise self._corrupt(f"journal record {key!r}: {exc}") from None
+        return items
+
+    def _committed_block(self, height: int) -> Block | None:
+        cb = self.get_block(height)
+        return None if cb is None else cb.block
+
+    def _elided_journal(self, cb: CertifiedBlock) -> bytes | None:
+        """The journal's prepared certificate of `cb`'s height rewritten without the
+        transactions `cb` holds, when that record is there and is for this very block."""
+        key = _JOURNAL + journal_codec.prepared_key(cb.block.height)
+        value = self._db.get(key)
+        if value is None:
+            return None
+        return journal_codec.elide_prepared(value, cb.block)
 
     # -- committing a block ------------------------------------------------------
 
@@ -623,6 +657,9 @@ class ChainStore:
             record = codec.encode(cb)
             height = cb.block.height
             hkey = _U64.pack(height)
+            # read under the write lock, so a record the replica deleted (its stable
+            # checkpoint) or replaced meanwhile is never written back
+            elided = self._elided_journal(cb)
             # A ValueError raised inside the batch discards it: nothing is written.
             with self._db.write_batch(transaction=True, sync=sync) as wb:
                 wb.put(_BLOCK + hkey, record)
@@ -634,6 +671,8 @@ class ChainStore:
                         wb.delete(key)
                     else:
                         wb.put(key, value)
+                if elided is not None:
+                    wb.put(_JOURNAL + journal_codec.prepared_key(height), elided)
                 wb.put(_HEAD_KEY, _HEAD.pack(height, block_hash))
             self._remember_committed(height, hashes)
             self._head_height = height

@@ -13,9 +13,9 @@ import time
 import plyvel
 import pytest
 
-from consensus import codec
+from consensus import codec, journal_codec
 from consensus.crypto import sha256
-from consensus.types import CertifiedBlock, tx_hash
+from consensus.types import CertifiedBlock, Prepare, PreparedCertificate, PrePrepare, tx_hash
 from node import native
 from storage.store import (
     RECORD_HISTORY_MAX,
@@ -333,6 +333,102 @@ def test_journal_writes_deletes_and_is_separate_from_meta(store: ChainStore) -> 
     assert store.get_meta(b"height") == b"m"
     with pytest.raises(ValueError):
         store.journal_write([(b"k", 3)])  # type: ignore[list-item]
+
+
+def _prepared(cb: CertifiedBlock, view: int = 0) -> bytes:
+    """The replica's journal record of a prepared certificate for `cb`'s block."""
+    pp = PrePrepare(view, cb.block.height, cb.block, b"\x01" * 32, b"\x02" * 64)
+    prepares = tuple(
+        Prepare(view, cb.block.height, cb.block.hash(), bytes([i]) * 32, b"\x03" * 64)
+        for i in (4, 5)
+    )
+    return journal_codec.encode_prepared(PreparedCertificate(pp, prepares))
+
+
+def _next_block(store: ChainStore, txs: int = 50) -> CertifiedBlock:
+    h = store.head_height() + 1
+    return make_block(h, store.head_hash(), tuple(make_tx(b"p %d %d" % (h, i)) for i in range(txs)))
+
+
+def test_a_committed_blocks_prepared_certificate_is_kept_without_its_transactions(
+    path: pathlib.Path,
+) -> None:
+    """The journal's copy of a committed block's transactions goes in the block's own
+    commit; the replica still reads back exactly the record it wrote, after a reopen."""
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        cb = _next_block(s)
+        record = _prepared(cb)
+        key = journal_codec.prepared_key(cb.block.height)
+        s.journal_write([(key, record), (b"view", b"1")])
+        s.commit_block(cb, [])
+        assert s.journal_items() == {key: record, b"view": b"1"}
+    db = raw_db(path)
+    try:
+        stored = db.get(b"j/" + key)
+    finally:
+        db.close()
+    assert stored.startswith(journal_codec.ELIDED_TAG) and len(stored) < len(record) // 10
+    with ChainStore.open(path) as s:
+        assert s.journal_items() == {key: record, b"view": b"1"}
+        s.journal_write([(key, None)])  # the stable checkpoint deletes it as before
+        assert s.journal_items() == {b"view": b"1"}
+
+
+def test_other_journal_records_are_left_as_written(store: ChainStore) -> None:
+    # a certificate for another block at the same height (an earlier view's proposal)
+    cb = _next_block(store)
+    other = _prepared(_next_block(store, txs=3), view=1)
+    key = journal_codec.prepared_key(cb.block.height)
+    store.journal_write([(key, other)])
+    store.commit_block(cb, [])
+    assert store.journal_items() == {key: other}
+    # none at all: the commit writes none (a record the replica deleted never comes back)
+    store.journal_write([(key, None)])
+    cb2 = _next_block(store)
+    store.commit_block(cb2, [])
+    assert store.journal_items() == {}
+    # bytes that are not a certificate are not touched either
+    cb3 = _next_block(store)
+    key3 = journal_codec.prepared_key(cb3.block.height)
+    store.journal_write([(key3, b"\x92not a certificate")])
+    store.commit_block(cb3, [])
+    assert store.journal_items() == {key3: b"\x92not a certificate"}
+
+
+def test_an_elided_record_without_its_block_is_reported_corrupt(path: pathlib.Path) -> None:
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        cb = _next_block(s)
+        key = journal_codec.prepared_key(cb.block.height)
+        s.journal_write([(key, _prepared(cb))])
+        s.commit_block(cb, [])
+    db = raw_db(path)
+    try:
+        elided = db.get(b"j/" + key)
+        # the same record moved to a height whose block the store does not hold
+        stub = codec.decode_body(PreparedCertificate, elided[len(journal_codec.ELIDED_TAG) :])
+        moved = dataclasses.replace(
+            stub,
+            pre_prepare=dataclasses.replace(
+                stub.pre_prepare,
+                height=7,
+                block=dataclasses.replace(
+                    stub.pre_prepare.block,
+                    header=dataclasses.replace(stub.pre_prepare.block.header, height=7),
+                ),
+            ),
+        )
+        db.put(
+            b"j/" + journal_codec.prepared_key(7),
+            journal_codec.ELIDED_TAG + codec.encode_body(moved),
+        )
+    finally:
+        db.close()
+    with ChainStore.open(path) as s, pytest.raises(StoreError, match="height 7"):
+        s.journal_items()
+    with pytest.raises(journal_codec.JournalError, match="does not decode"):
+        journal_codec.restore_prepared(journal_codec.ELIDED_TAG + b"\xc1", lambda h: None)
+    assert journal_codec.restore_prepared(b"\x92full", lambda h: None) == b"\x92full"
+    assert journal_codec.elide_prepared(elided, cb.block) is None  # elided already
 
 
 # -- reopening ----------------------------------------------------------------------------
