@@ -24,7 +24,9 @@ is compacted once its dead entries outnumber its live ones.
 
 The mempool knows nothing about the network (the node gossips) and is owned by
 one thread (the event loop); it takes no locks. `screen` / `admit` split
-`add_many` so that the signatures in between can be checked off the loop.
+`add_many` so that the signatures in between can be checked off the loop
+(`verify`, which touches only the `Screened` batch and the application's
+locked verified cache).
 """
 
 from __future__ import annotations
