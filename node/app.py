@@ -66,9 +66,18 @@ The root of a sparse Merkle tree (storage/state_tree.py) over every state key
 version, value)` of node/proofs.py); a deleted key leaves the tree. Root of
 height 0 (genesis) is the empty tree's. Only the keys a block writes are
 re-hashed. Tree nodes, the root reference per height (`smt/r/`) and the list
-of replaced nodes (`smt/s/`) are meta entries of the block's own commit, so
-tree and blocks never disagree; replaced nodes are deleted
-`STATE_VERSIONS_KEPT` heights later (proofs against older roots fail then).
+of replaced nodes (`smt/s/`, and `smt/u/` for the internal nodes of depths
+0-3) are meta entries of the block's own commit, so tree and blocks never
+disagree. Replaced nodes are deleted `STATE_VERSIONS_KEPT` (256) heights
+later, except those of depths 0-3, deleted `UPPER_VERSIONS_KEPT` (32) heights
+later: nearly every block rewrites them (~2,100 full 644-byte depth-3 nodes a
+block of 3,000 writes into a large tree), and kept 256 heights they were the
+largest part of what LevelDB carried down its levels. Proofs are built at
+the newest certified state height (node/proofs.py), a few heights below the
+head; a proof against a root more than 32 heights old fails once a later
+block has rewritten the upper nodes on its path. Stores written before
+`smt/u/` existed keep all of a height's replaced nodes in `smt/s/`, which the
+256-height pruning deletes as before.
 The application remembers the version and value hash of the keys the latest
 blocks wrote (`CURRENT_CACHE_KEYS` per generation, two generations, filled
 only after a block has committed): a block writing them then needs no
@@ -124,7 +133,8 @@ CURRENT_CACHE_KEYS = 65_536  # keys whose version and value hash are kept, per g
 VERIFIED_CACHE_BYTES_MAX = 64 * 1024 * 1024  # ~100,000 txs of 200-byte values
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
-STATE_VERSIONS_KEPT = 256  # heights whose state tree stays provable
+STATE_VERSIONS_KEPT = 256  # heights whose replaced tree nodes below depth 3 are kept
+UPPER_VERSIONS_KEPT = 32  # ... and of depths 0-3 (module docstring, "State root")
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
 CLAIM_WAIT_S = 10.0
@@ -540,7 +550,11 @@ class Application:
         meta.update(update.puts)
         meta[state_tree.root_key(height)] = state_tree.encode_root(update.root)
         if update.stale:
-            meta[state_tree.stale_key(height)] = state_tree.encode_stale(update.stale)
+            upper, rest = state_tree.split_stale(update.stale)
+            if upper:
+                meta[state_tree.upper_stale_key(height)] = state_tree.encode_stale(upper)
+            if rest:
+                meta[state_tree.stale_key(height)] = state_tree.encode_stale(rest)
         self._prune(height, meta)
         self.state_tree_cpu_s += time.thread_time() - started
         return Executed(
@@ -618,15 +632,20 @@ class Application:
         return self.tree.update(prev, changes, height, known=known_by_hash), current
 
     def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> None:
-        """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago (same batch)."""
-        old = height - STATE_VERSIONS_KEPT
-        if old < 1:
-            return
-        raw = self.store.get_meta(state_tree.stale_key(old))
-        if raw is not None:
-            for key in state_tree.decode_stale(raw):
-                meta[key] = None
-            meta[state_tree.stale_key(old)] = None
+        """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago, and those of
+        depths 0-3 replaced `UPPER_VERSIONS_KEPT` heights ago (same batch)."""
+        kept = STATE_VERSIONS_KEPT
+        for stale_key, old in (
+            (state_tree.upper_stale_key, height - min(UPPER_VERSIONS_KEPT, kept)),
+            (state_tree.stale_key, height - kept),
+        ):
+            if old < 1:
+                continue
+            raw = self.store.get_meta(stale_key(old))
+            if raw is not None:
+                for key in state_tree.decode_stale(raw):
+                    meta[key] = None
+                meta[stale_key(old)] = None
 
     def apply_many(
         self, cbs: Sequence[CertifiedBlock], *, verify_signatures: bool = True

@@ -242,7 +242,12 @@ def build_record_bundle(store: Any, app: Any, agency: str, key: bytes) -> dict[s
     s = header.state_height
     skey = record_state_key(agency, key)
     khash = state_tree.key_hash(skey)
-    proof = app.prove_state(s, khash)
+    try:
+        proof = app.prove_state(s, khash)
+    except state_tree.TreeError as exc:  # pruned under us (a proof older than the kept heights)
+        raise ProofUnavailable(
+            f"the state tree at height {s} is no longer stored ({exc}); ask again"
+        ) from None
     current = store.get_record(skey)
     at_s = _version_at(store, skey, current, s)
     value = None if at_s is None else at_s.value

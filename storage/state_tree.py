@@ -26,7 +26,8 @@ and ``smt/r/`` u64 height -> the root reference after that height (empty for
 the empty tree). An update returns the node writes *and* the keys of the nodes
 it replaced (stale); the caller writes both in the block's batch and may
 delete stale nodes once no proof needs their version (node/app.py keeps
-`STATE_VERSIONS_KEPT` heights).
+`STATE_VERSIONS_KEPT` heights, `UPPER_VERSIONS_KEPT` for the internal nodes of
+depths below `UPPER_DEPTHS`, which `split_stale` sets apart).
 
 A node an update reaches is written anew at the update's version; a leaf that
 only moves (a new key splits its slot, or its siblings go and it moves up)
@@ -67,6 +68,8 @@ INTERNAL_PREFIX = b"smt/i/"
 LEAF_PREFIX = b"smt/l/"
 ROOT_PREFIX = b"smt/r/"
 STALE_PREFIX = b"smt/s/"
+UPPER_STALE_PREFIX = b"smt/u/"  # the replaced internal nodes of depths < UPPER_DEPTHS
+UPPER_DEPTHS = 4  # depths 0-3: rewritten by almost every block once the tree is large
 NODE_CACHE_MAX = 57_344  # slots: depths 0-3 (4,369 nodes) and 52,975 of the 65,536 of depth 4
 CACHE_DEPTH_MAX = 5  # the cache holds internal nodes of depths 0-4
 _UPPER_POSITIONS = 1 + 16 + 256 + 4096  # positions at depths 0-3: a slot each
@@ -206,6 +209,24 @@ def root_key(height: int) -> bytes:
 
 def stale_key(height: int) -> bytes:
     return STALE_PREFIX + _U64.pack(height)
+
+
+def upper_stale_key(height: int) -> bytes:
+    return UPPER_STALE_PREFIX + _U64.pack(height)
+
+
+def split_stale(keys: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """`keys` (an update's replaced nodes) as (internal nodes of depths below
+    `UPPER_DEPTHS`, everything else), each in the given order."""
+    upper: list[bytes] = []
+    rest: list[bytes] = []
+    n = len(INTERNAL_PREFIX)
+    for key in keys:
+        if len(key) > n and key[n] < UPPER_DEPTHS and key.startswith(INTERNAL_PREFIX):
+            upper.append(key)
+        else:
+            rest.append(key)
+    return upper, rest
 
 
 def encode_root(ref: NodeRef | None) -> bytes:

@@ -358,6 +358,84 @@ async def test_api_says_when_no_state_is_certified_yet(tmp_path: Path) -> None:
         fresh.close()
 
 
+def _rewrite_meta(chain: ProofChain, entries: dict[bytes, bytes | None]) -> None:
+    """Put or delete meta entries behind the store's back (what an older store left)."""
+    db = chain.store._db
+    for key, value in entries.items():
+        if value is None:
+            db.delete(b"a/" + key)
+        else:
+            db.put(b"a/" + key, value)
+
+
+def test_replaced_upper_tree_nodes_are_pruned_sooner(
+    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Depths 0-3 are rewritten by nearly every block: their replaced versions go after
+    UPPER_VERSIONS_KEPT heights, the deeper ones after STATE_VERSIONS_KEPT, and a stale
+    list written before the split (everything in `smt/s/`) still goes whole."""
+    from node import app as app_module
+    from storage import state_tree
+
+    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 8)
+    monkeypatch.setattr(app_module, "UPPER_VERSIONS_KEPT", 3)
+    chain.commit([chain.tx(0, "put", f"seed/{i}", "x") for i in range(40)])  # a tree with depth
+    first = chain.store.head_height() + 1
+    chain.commit([chain.tx(0, "put", f"seed/{i}", "y") for i in range(40)])  # replaces them all
+    upper = state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(first)))
+    rest = state_tree.decode_stale(chain.store.get_meta(state_tree.stale_key(first)))
+    assert upper and rest
+    assert all(k.startswith(state_tree.INTERNAL_PREFIX) and k[6] < 4 for k in upper)
+    assert not any(k.startswith(state_tree.INTERNAL_PREFIX) and k[6] < 4 for k in rest)
+    # a pre-split store's list for a later height: upper keys in `smt/s/`, no `smt/u/`
+    legacy_height = first + 1
+    legacy_key = state_tree.INTERNAL_PREFIX + b"\x00" + b"\xff" * 8  # no real node needed
+    chain.commit([chain.tx(0, "put", "seed/0", "z")])
+    legacy = state_tree.decode_stale(chain.store.get_meta(state_tree.stale_key(legacy_height)))
+    u = state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(legacy_height)))
+    _rewrite_meta(
+        chain,
+        {
+            state_tree.stale_key(legacy_height): state_tree.encode_stale([*u, *legacy, legacy_key]),
+            state_tree.upper_stale_key(legacy_height): None,
+            legacy_key: b"x",
+        },
+    )
+    chain.advance(3)  # first + 3: the upper list of `first` is due
+    assert chain.store.get_meta(state_tree.upper_stale_key(first)) is None
+    assert all(chain.store.get_meta(k) is None for k in upper)
+    assert chain.store.get_meta(state_tree.stale_key(first)) is not None
+    assert all(chain.store.get_meta(k) is not None for k in rest)
+    assert chain.store.get_meta(legacy_key) == b"x"  # legacy: waits for the full period
+    chain.advance(6)  # past first + 8 and legacy_height + 8
+    assert chain.store.get_meta(state_tree.stale_key(first)) is None
+    assert all(chain.store.get_meta(k) is None for k in rest)
+    assert chain.store.get_meta(legacy_key) is None
+    assert chain.store.get_meta(state_tree.stale_key(legacy_height)) is None
+    head = chain.store.head_height()
+    khash = state_tree.key_hash(record_state_key("agency0", b"seed/3"))
+    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
+    proof = fresh.prove_state(head, khash)
+    assert state_tree.verify(fresh.state_root_at(head), khash, proof.leaf[1], proof)
+    verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"seed/3"), chain.genesis)
+
+
+def test_a_record_bundle_whose_tree_nodes_are_gone_is_unavailable(chain: ProofChain) -> None:
+    """A proof request that loses a race with pruning gets 503 `proof_unavailable`
+    (ask again), not a server error."""
+    from node import app as app_module
+    from node.proofs import ProofUnavailable
+
+    chain.commit([chain.tx(0, "put", f"gone/{i}", "x") for i in range(5)])
+    chain.advance(5)
+    db = chain.store._db
+    for key in list(db.iterator(prefix=b"a/smt/i/\x00", include_value=False)):
+        db.delete(key)  # every stored root node: what pruning removes
+    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
+    with pytest.raises(ProofUnavailable, match="no longer stored"):
+        build_record_bundle(chain.store, fresh, "agency0", b"gone/1")
+
+
 def test_replaced_tree_nodes_are_pruned_after_the_kept_versions(
     chain: ProofChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
