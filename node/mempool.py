@@ -156,6 +156,9 @@ class Mempool:
             return self.app.verify_checked(screened.unverified, screened.items)
         oks = verify_many(screened.items)
         self.app.signatures_checked += len(screened.items)
+        for checked, ok in zip(screened.unverified, oks, strict=True):
+            if ok:
+                self.app.remember(checked)
         return oks
 
     def screen(self, txs: Sequence[bytes], height: int) -> Screened:
@@ -201,7 +204,6 @@ class Mempool:
                 bad = Rejected("bad_signature", "signature does not verify for the sender's key")
                 results[i] = self._reject(bad)
                 continue
-            self.app.remember(checked)  # already there when `verify` checked it
             early = self._refuse_early(checked.tx_hash, len(tx_bytes))
             if early is None and moved and self.app.store.has_tx(checked.tx_hash):
                 # committed while its signature was being checked off the loop
