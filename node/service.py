@@ -106,6 +106,7 @@ class Node:
         from node.mempool import Mempool
         from node.metrics import NodeMetrics
         from node.verify_pool import VerifyPool
+        from storage import leveldb_reads
         from storage.keyfile import read_key
         from storage.store import ChainStore
 
@@ -123,6 +124,7 @@ class Node:
             extra={
                 "path": str(config.data_path / "chain"),
                 "write_buffer_mb": config.node.write_buffer_mb,
+                "leveldb_reads": leveldb_reads.prefer_pread(),
             },
         )
         self.store = ChainStore.open(
