@@ -151,8 +151,10 @@ class LevelStore:
     def __init__(self, nodes: dict[bytes, bytes], compression: str) -> None:
         import plyvel
 
+        from storage import leveldb_reads
         from storage.store import _DB_OPTIONS  # the node's own options, not a copy
 
+        leveldb_reads.prefer_pread()  # and its way of reading tables
         options: dict[str, Any] = dict(_DB_OPTIONS)
         if compression != "store":
             options["compression"] = None if compression == "none" else compression

@@ -16,11 +16,14 @@ node sizes), and the kernel keeps the file pages in its page cache, outside
 the process. It runs once per process, before the store's first open
 (`storage.store._open_db` calls it), and only when every check holds: the
 bundled library is mapped, its symbol table names the variable as a 4-byte
-object, the library is laid out as an ordinary shared object, and the
-variable holds LevelDB's 64-bit default (1000). Otherwise nothing is written
+object, the library is laid out as an ordinary shared object, the address
+lies in a writable mapping of it, and the variable holds LevelDB's 64-bit default (1000). Otherwise nothing is written
 and LevelDB maps its files as before; `read_mode()` says which applies and
 why, and the node logs it when it opens the store. `REDWOOD_LEVELDB_MMAP=1`
-keeps the memory maps (an operator comparing the two).
+keeps the memory maps (an operator comparing the two). LevelDB reads the
+limit once, when the process opens its first database: code that opens one
+with plyvel directly must call `prefer_pread` first, or the whole process
+keeps the maps (`read_mode` cannot see that).
 
 No effect on what is stored or on crash safety: only how table bytes reach memory.
 """
