@@ -17,13 +17,14 @@ the process. It runs once per process, before the store's first open
 (`storage.store._open_db` calls it), and only when every check holds: the
 bundled library is mapped, its symbol table names the variable as a 4-byte
 object, the library is laid out as an ordinary shared object, the address
-lies in a writable mapping of it, and the variable holds LevelDB's 64-bit default (1000). Otherwise nothing is written
-and LevelDB maps its files as before; `read_mode()` says which applies and
-why, and the node logs it when it opens the store. `REDWOOD_LEVELDB_MMAP=1`
-keeps the memory maps (an operator comparing the two). LevelDB reads the
-limit once, when the process opens its first database: code that opens one
-with plyvel directly must call `prefer_pread` first, or the whole process
-keeps the maps (`read_mode` cannot see that).
+lies in a writable mapping of it, and the variable holds LevelDB's 64-bit
+default (1000). Otherwise nothing is written and LevelDB maps its files as
+before; `prefer_pread` returns which applies and why, and the node logs it
+when it opens the store. `REDWOOD_LEVELDB_MMAP=1` keeps the memory maps (an
+operator comparing the two). LevelDB reads the limit once, when the process
+opens its first database: code that opens one with plyvel directly must call
+`prefer_pread` first, or the whole process keeps the maps (what
+`prefer_pread` returns cannot show that).
 
 No effect on what is stored or on crash safety: only how table bytes reach memory.
 """
@@ -34,6 +35,8 @@ import ctypes
 import os
 import struct
 import threading
+
+import plyvel  # noqa: F401  (loads the bundled libleveldb, which `_mapped_library` finds)
 
 MMAP_ENV = "REDWOOD_LEVELDB_MMAP"
 SYMBOL = b"_ZN7leveldb12_GLOBAL__N_112g_mmap_limitE"  # leveldb::(anonymous)::g_mmap_limit
@@ -52,11 +55,6 @@ _PT_LOAD = 1
 _STT_OBJECT = 1
 
 
-def read_mode() -> str:
-    """ "pread", or "mmap (why)": how this process's LevelDB reads table files."""
-    return prefer_pread()
-
-
 def prefer_pread() -> str:
     """Make LevelDB read tables with pread, once per process, before the first open.
 
@@ -73,10 +71,6 @@ def prefer_pread() -> str:
 def _apply() -> str:
     if os.environ.get(MMAP_ENV, "") == "1":
         return f"mmap ({MMAP_ENV}=1)"
-    try:
-        import plyvel  # noqa: F401  (loads the bundled libleveldb)
-    except ImportError as exc:  # pragma: no cover - plyvel is a dependency
-        return f"mmap (plyvel not importable: {exc})"
     path, start, writable = _mapped_library()
     if path is None:
         return "mmap (no libleveldb mapped in this process)"

@@ -32,7 +32,7 @@ got = [db.get(b"k%08d" % i) is not None for i in range(0, 60_000, 97)]
 with open("/proc/self/maps") as f:
     mapped = sum(1 for line in f if line.rstrip().endswith(".ldb"))
 tables = len(list(Path(sys.argv[1]).glob("*.ldb")))
-print(json.dumps({"mode": leveldb_reads.read_mode(), "mapped": mapped, "tables": tables,
+print(json.dumps({"mode": leveldb_reads.prefer_pread(), "mapped": mapped, "tables": tables,
                   "count": count, "all_found": all(got)}))
 """
 
