@@ -12,7 +12,8 @@ and LevelDB's own compaction table.
 Ablations, for finding what the compactions carry (never for figures of the node):
 
 - ``--drop-prefix b/``: writes under that prefix are kept in memory, not in
-  LevelDB (reads of them still work);
+  LevelDB (reads of them still work); ``\\xNN`` escapes give other bytes, e.g.
+  ``'a/smt/i/\\x00'`` for the tree's root nodes;
 - ``--kept N``: tree versions kept (`node.app.STATE_VERSIONS_KEPT`);
 - ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`).
 
@@ -108,6 +109,11 @@ class _DroppingDb:
         return getattr(self.db, name)
 
 
+def _prefix_bytes(text: str) -> bytes:
+    """A prefix given on the command line, with ``\\xNN`` escapes for non-text bytes."""
+    return text.encode("latin-1").decode("unicode_escape").encode("latin-1")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=300)
@@ -136,7 +142,7 @@ def main() -> None:
             builder = bench.ChainBuilder(store, app, genesis, [validator])
             db = store._db
             if args.drop_prefix:
-                store._db = _DroppingDb(db, tuple(p.encode() for p in args.drop_prefix))  # type: ignore[assignment]
+                store._db = _DroppingDb(db, tuple(_prefix_bytes(p) for p in args.drop_prefix))  # type: ignore[assignment]
             first = last = thread_cpu()
             started = last_wall = time.monotonic()
             for b, i in enumerate(range(0, count, args.block_txs), 1):
