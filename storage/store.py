@@ -11,7 +11,8 @@ Key layout (all integers big-endian, so keys sort numerically)
 =============================  ==============================================
 key                            value
 =============================  ==============================================
-``m/format``                   u32 store format version (`FORMAT`)
+``m/format``                   u32 store format version (`FORMAT`; a format-1
+                               store is marked 2 when opened, below)
 ``m/genesis``                  32-byte genesis hash (block 1's parent hash)
 ``m/head``                     u64 height + 32-byte hash of the head block
 ``b/`` u64 height              `codec.encode(CertifiedBlock)`
@@ -20,8 +21,13 @@ key                            value
                                u32 offset, u32 length (where the tx's bytes
                                sit inside the stored block record)
 ``s/`` state key               u64 current version number
-``v/`` u16 len, key, u64 ver   one version: u64 height, u32 tx_index,
-                               u8 present(1)/deleted(0), value
+``v/`` u16 len, key, u64 ver   one version: u64 height, u32 tx_index, u8 kind,
+                               then for kind 1 (present) the value, for kind 2
+                               (present, stored apart) a u32 sequence number;
+                               kind 0: deleted
+``w/`` u64 height, u32 seq      the value of a kind-2 version written by the
+                               block at that height (seq: the write's place
+                               among the block's writes)
 ``a/`` meta key                application meta value
 ``j/`` journal key             consensus journal value (a committed block's
                                prepared certificate without its transactions,
@@ -31,11 +37,22 @@ key                            value
 Transactions are stored once, inside the block record; the tx index keeps
 their byte range in it, and `get_tx` checks the slice against the tx hash. A tx
 hash already in the index keeps its first location. Each state value is
-stored once, in its version entry; the current entry points at the newest
-version (two point reads for `get_record`, and a quarter fewer bytes written per
-block than keeping a second copy of every value). History keys carry the
-state key's length so that one key's versions are a contiguous range that no
-other key's entries can fall into.
+stored once; the current entry points at the newest version. History keys
+carry the state key's length so that one key's versions are a contiguous
+range that no other key's entries can fall into.
+
+A value longer than `INLINE_VALUE_MAX` bytes is not in its version entry but
+under ``w/``, keyed by the height that wrote it (kind 2): history keys are
+random (state key order), so LevelDB's compactions merge them again at every
+level as the database grows, while ``w/`` keys only grow and their files mostly
+move down the levels as they are. With the values in the history, they were
+the largest part of what compactions rewrote (`bench/compaction.py`: dropping
+the history altogether took LevelDB's background thread from 36.6 to 22.6 us
+a transaction over 900,000 transactions; docs/performance.md, stop 21).
+`get_record` reads three entries (current, version, value) instead of two.
+Format 1 stores hold only kinds 0 and 1, which this format reads as before;
+opening one marks it format 2, so that an older node refuses it with a clear
+"unknown format" rather than take a kind-2 entry for corruption.
 
 The replica journals each prepared certificate with its whole block before it
 votes COMMIT, and deletes it only at the next stable checkpoint (64-128 heights
@@ -93,7 +110,9 @@ from consensus.codec import DecodeError
 from consensus.types import Block, CertifiedBlock, tx_hash
 from storage import leveldb_reads
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1 is format 2 without kind-2 versions (module docstring)
+INLINE_VALUE_MAX = 32  # longer state values are stored apart from their version entry
 HASH_BYTES = 32
 HEAD_CHECK_BLOCKS = 32
 STATE_KEY_BYTES_MAX = 4096
@@ -119,6 +138,7 @@ _HASH = b"h/"
 _TX = b"t/"
 _STATE = b"s/"
 _HISTORY = b"v/"
+_VALUES = b"w/"
 _META = b"a/"
 _JOURNAL = b"j/"
 
@@ -128,6 +148,7 @@ _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">Q32s")
 _TXLOC = struct.Struct(">QIIII")
 _VERSION = struct.Struct(">QIB")
+_VALUE_KEY = struct.Struct(">2sQI")  # w/, height, seq
 
 # LevelDB tuning: a write buffer of several blocks keeps multi-megabyte block batches
 # from stalling on memtable flushes; bloom filters make "is this tx hash new?" cheap.
@@ -536,10 +557,20 @@ class ChainStore:
     def _record_version(self, key: bytes, version: int, raw: bytes) -> RecordVersion:
         if len(raw) < _VERSION.size:
             raise self._corrupt("a state version entry is malformed")
-        height, tx_index, present = _VERSION.unpack_from(raw)
-        if present > 1:
+        height, tx_index, kind = _VERSION.unpack_from(raw)
+        if kind == 1:
+            value: bytes | None = raw[_VERSION.size :]
+        elif kind == 2:
+            if len(raw) != _VERSION.size + _U32.size:
+                raise self._corrupt("a state version entry is malformed")
+            seq = _U32.unpack_from(raw, _VERSION.size)[0]
+            value = self._db.get(_VALUE_KEY.pack(_VALUES, height, seq))
+            if value is None:
+                raise self._corrupt(f"a state value written at height {height} is missing")
+        elif kind == 0 and len(raw) == _VERSION.size:
+            value = None
+        else:
             raise self._corrupt("a state version entry is malformed")
-        value = raw[_VERSION.size :] if present else None
         return RecordVersion(key, value, version, height, tx_index)
 
     @_leveldb_errors
@@ -762,6 +793,7 @@ class ChainStore:
         """Current and history entries for each write, with version numbers counted per key."""
         put = wb.put
         pack_version, pack_u64, pack_u16 = _VERSION.pack, _U64.pack, _U16.pack
+        pack_u32, pack_value_key = _U32.pack, _VALUE_KEY.pack
         keys = {w.key for w in writes}
         if current is None:
             versions = self.current_versions(keys)
@@ -771,14 +803,17 @@ class ChainStore:
             if missing:
                 raise ValueError(f"versions lacks {len(missing)} key(s) of the writes")
             versions = {k: current[k] for k in keys}
-        for w in writes:
+        for seq, w in enumerate(writes):
             key, value, tx_index = w.key, w.value, w.tx_index
             if value is None:
-                present, body = 0, b""
-            elif type(value) is bytes:
-                present, body = 1, value
-            else:
+                kind, body = 0, b""
+            elif type(value) is not bytes:
                 raise ValueError("state value must be bytes or None")
+            elif len(value) > INLINE_VALUE_MAX:
+                kind, body = 2, pack_u32(seq)
+                put(pack_value_key(_VALUES, height, seq), value)
+            else:
+                kind, body = 1, value
             if type(tx_index) is not int or not 0 <= tx_index <= U32_MAX:
                 raise ValueError(f"tx_index {tx_index!r} is not an integer in 0..2**32-1")
             version = versions[key] + 1
@@ -786,7 +821,7 @@ class ChainStore:
             packed = pack_u64(version)
             put(
                 _HISTORY + pack_u16(len(key)) + key + packed,
-                pack_version(height, tx_index, present) + body,
+                pack_version(height, tx_index, kind) + body,
             )
         for key, version in versions.items():  # the last write of each key is its current version
             put(_STATE + key, pack_u64(version))
@@ -882,9 +917,11 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
             wb.put(_FORMAT_KEY, _U32.pack(FORMAT))
             wb.put(_GENESIS_KEY, genesis_hash)
         return genesis_hash
-    if fmt != _U32.pack(FORMAT):
+    if fmt not in {_U32.pack(f) for f in READABLE_FORMATS}:
+        shown = _U32.unpack(fmt)[0] if fmt is not None and len(fmt) == _U32.size else fmt
         raise StoreError(
-            f"chain store {path} has an unknown format {fmt!r}; this node reads format {FORMAT}"
+            f"chain store {path} has an unknown format {shown!r}; this node reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))} (a newer Redwood wrote it?)"
         )
     if len(stored) != HASH_BYTES:
         raise _corrupt(path, "the stored genesis hash is malformed")
@@ -895,6 +932,9 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
             f"the genesis file's is {genesis_hash.hex()}. Point the node at the right home, or "
             f"run `{RECOVERY_COMMAND}` to drop this data and sync the new chain."
         )
+    if fmt != _U32.pack(FORMAT):
+        # an older format this one reads: from now on the store may hold what it cannot
+        db.put(_FORMAT_KEY, _U32.pack(FORMAT), sync=True)
     return stored
 
 

@@ -18,6 +18,8 @@ from consensus.crypto import sha256
 from consensus.types import CertifiedBlock, Prepare, PreparedCertificate, PrePrepare, tx_hash
 from node import native
 from storage.store import (
+    FORMAT,
+    INLINE_VALUE_MAX,
     RECORD_HISTORY_MAX,
     ChainStore,
     RecordVersion,
@@ -320,6 +322,85 @@ def test_history_limit_is_capped(store: ChainStore) -> None:
     writes = [StateWrite(b"k", b"%d" % i, 0) for i in range(RECORD_HISTORY_MAX + 5)]
     _write(store, writes)
     assert len(store.record_history(b"k", limit=10**6)) == RECORD_HISTORY_MAX
+
+
+def test_long_values_are_stored_apart_and_read_back(store: ChainStore, path: pathlib.Path) -> None:
+    short, edge, long = b"s" * INLINE_VALUE_MAX, b"e" * INLINE_VALUE_MAX, b"L" * 200
+    _write(
+        store,
+        [StateWrite(b"a", short, 0), StateWrite(b"b", long, 1), StateWrite(b"a", long + b"2", 2)],
+    )
+    _write(store, [StateWrite(b"b", None, 0), StateWrite(b"c", edge + b"!", 3)])
+    assert store.get_record(b"a") == RecordVersion(b"a", long + b"2", 2, 1, 2)
+    assert store.get_record(b"b") == RecordVersion(b"b", None, 2, 2, 0)
+    assert store.get_record(b"c") == RecordVersion(b"c", edge + b"!", 1, 2, 3)
+    assert [v.value for v in store.record_history(b"a")] == [long + b"2", short]
+    assert [v.value for v in store.record_history(b"b")] == [None, long]
+    store.close()
+    entries = _dump(path)
+    # the long values sit under w/ (height, the write's place in the block), once each
+    values = {k: v for k, v in entries.items() if k.startswith(b"w/")}
+    assert values == {
+        b"w/" + _u64(1) + struct.pack(">I", 1): long,
+        b"w/" + _u64(1) + struct.pack(">I", 2): long + b"2",
+        b"w/" + _u64(2) + struct.pack(">I", 1): edge + b"!",
+    }
+    history = {k: v for k, v in entries.items() if k.startswith(b"v/")}
+    assert max(map(len, history.values())) == 13 + INLINE_VALUE_MAX  # the short one, inline
+    assert history[b"v/\x00\x01b" + _u64(1)] == _u64(1) + struct.pack(">IBI", 1, 2, 1)
+
+
+def _format_1_store(path: pathlib.Path) -> None:
+    """A store as format 1 wrote it: every value inline in its version entry."""
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        _write(s, [StateWrite(b"k", b"x" * 100, 0), StateWrite(b"d", None, 1)])
+    db = raw_db(path)
+    for key in [k for k, _ in db.iterator(prefix=b"w/")]:
+        db.delete(key)
+    db.put(b"v/\x00\x01k" + _u64(1), _u64(1) + struct.pack(">IB", 0, 1) + b"x" * 100)
+    db.put(b"m/format", struct.pack(">I", 1))
+    db.close()
+
+
+def test_a_format_1_store_reads_continues_and_is_marked_format_2(path: pathlib.Path) -> None:
+    _format_1_store(path)
+    with ChainStore.open(path) as s:
+        assert s.get_record(b"k") == RecordVersion(b"k", b"x" * 100, 1, 1, 0)
+        _write(s, [StateWrite(b"k", b"y" * 100, 0)])
+        assert [v.value for v in s.record_history(b"k")] == [b"y" * 100, b"x" * 100]
+        assert s.get_record(b"d") == RecordVersion(b"d", None, 1, 1, 1)
+    assert _dump(path)[b"m/format"] == struct.pack(">I", FORMAT) == struct.pack(">I", 2)
+
+
+def test_a_store_of_an_unknown_format_is_refused_untouched(path: pathlib.Path) -> None:
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        commit_chain(s, 2)
+    db = raw_db(path)
+    db.put(b"m/format", struct.pack(">I", 3))
+    db.close()
+    before = _dump(path)
+    with pytest.raises(StoreError, match="unknown format 3; this node reads formats 1, 2"):
+        ChainStore.open(path)
+    assert _dump(path) == before
+
+
+def test_a_missing_or_malformed_value_entry_is_reported_corrupt(path: pathlib.Path) -> None:
+    with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
+        _write(s, [StateWrite(b"a", b"A" * 64, 0), StateWrite(b"b", b"B" * 64, 1)])
+        _write(s, [StateWrite(b"c", b"C" * 64, 0), StateWrite(b"e", None, 1)])
+    db = raw_db(path)
+    db.delete(b"w/" + _u64(1) + struct.pack(">I", 0))  # a's value
+    db.put(b"v/\x00\x01b" + _u64(1), _u64(1) + struct.pack(">IB", 1, 2))  # no seq
+    db.put(b"v/\x00\x01c" + _u64(1), _u64(2) + struct.pack(">IB", 0, 7))  # unknown kind
+    db.put(b"v/\x00\x01e" + _u64(1), _u64(2) + struct.pack(">IB", 1, 0) + b"?")  # deleted + bytes
+    db.close()
+    with ChainStore.open(path) as s:
+        for key, what in ((b"a", "written at height 1 is missing"), (b"b", "malformed")):
+            with pytest.raises(StoreError, match=what):
+                s.get_record(key)
+        for key in (b"c", b"e"):
+            with pytest.raises(StoreError, match="malformed.*" + RECOVERY):
+                s.record_history(key)
 
 
 # -- journal ----------------------------------------------------------------------------
