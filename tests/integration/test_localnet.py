@@ -63,12 +63,33 @@ def test_localnet_plain_view_commits_load_and_stops_cleanly(tmp_path: Path) -> N
     assert _node_processes(tmp_path / "ln") == [], "localnet left node processes behind"
 
 
+def _sigint_as_on_a_terminal() -> None:
+    """In the child: Ctrl-C's default action, even if this test runs with SIGINT ignored
+    (a background job of a non-interactive shell inherits SIG_IGN, and Python then never
+    raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _drain_until_exit(proc: subprocess.Popen[bytes], leader: int, timeout_s: float) -> int:
+    """Keep reading the terminal while `proc` stops: a full pty would block its writes."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                os.read(leader, 65536)
+            except OSError:
+                break  # the child closed its end: only its exit is left to wait for
+    return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def test_localnet_on_a_terminal_redraws_a_live_table(tmp_path: Path) -> None:
     base = choose_base_port(4)
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         _localnet(tmp_path, base), stdin=follower, stdout=follower, stderr=follower,
         env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+        preexec_fn=_sigint_as_on_a_terminal,
     )  # fmt: skip
     os.close(follower)
     screen = b""
@@ -93,7 +114,13 @@ def test_localnet_on_a_terminal_redraws_a_live_table(tmp_path: Path) -> None:
             raise AssertionError(f"no live table within {START_TIMEOUT_S}s: {screen[-2000:]!r}")
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        code = proc.wait(timeout=STOP_TIMEOUT_S)
-        os.close(leader)
+        try:
+            code = _drain_until_exit(proc, leader, STOP_TIMEOUT_S)
+        finally:
+            os.close(leader)
+            if proc.poll() is None:  # do not leave the localnet and its nodes running
+                proc.kill()
+                for line in _node_processes(tmp_path / "ln"):
+                    os.kill(int(line.split()[0]), signal.SIGKILL)
     assert code == 0
     assert _node_processes(tmp_path / "ln") == []
