@@ -15,6 +15,8 @@ Ablations, for finding what the compactions carry (never for figures of the node
   LevelDB (reads of them still work); ``\\xNN`` escapes give other bytes, e.g.
   ``'a/smt/i/\\x00'`` for the tree's root nodes;
 - ``--kept N``: tree versions kept (`node.app.STATE_VERSIONS_KEPT`);
+- ``--upper-kept N``: versions of the tree's depths 0-3 kept
+  (`Application.upper_versions_kept`; 12 by default, 32 before stop 22);
 - ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`).
 
 Usage: ``python bench/compaction.py [--blocks 300] [--block-txs 3000] [--every 50]``
@@ -121,6 +123,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--drop-prefix", action="append", default=[], metavar="PREFIX")
     ap.add_argument("--kept", type=int, default=0, metavar="N")
+    ap.add_argument("--upper-kept", type=int, default=0, metavar="N")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
     if args.kept:
@@ -139,6 +142,8 @@ def main() -> None:
         store = ChainStore.open(tmp / "db", genesis_hash=genesis.hash())
         try:
             app = Application(store, genesis)
+            if args.upper_kept:
+                app.upper_versions_kept = args.upper_kept
             builder = bench.ChainBuilder(store, app, genesis, [validator])
             db = store._db
             if args.drop_prefix:

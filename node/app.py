@@ -69,13 +69,21 @@ re-hashed. Tree nodes, the root reference per height (`smt/r/`) and the list
 of replaced nodes (`smt/s/`, and `smt/u/` for the internal nodes of depths
 0-3) are meta entries of the block's own commit, so tree and blocks never
 disagree. Replaced nodes are deleted `STATE_VERSIONS_KEPT` (256) heights
-later, except those of depths 0-3, deleted `UPPER_VERSIONS_KEPT` (32) heights
-later: nearly every block rewrites them (~2,100 full 644-byte depth-3 nodes a
-block of 3,000 writes into a large tree), and kept 256 heights they were the
-largest part of what LevelDB carried down its levels. Proofs are built at
-the newest certified state height (node/proofs.py), a few heights below the
-head; a proof against a root more than 32 heights old fails once a later
-block has rewritten the upper nodes on its path. Stores written before
+later, except those of depths 0-3, deleted `upper_versions_kept` =
+2 x pipeline_depth + `UPPER_VERSIONS_MARGIN` heights later (12 with the
+default depth of 4): nearly every block rewrites them (~2,100 full 644-byte
+depth-3 nodes a block of 3,000 writes into a large tree). Kept 256 heights
+they were the largest part of what LevelDB carried down its levels; kept 12,
+most of them are deleted while still in LevelDB's memtable or its first
+level, so the compaction that merges them drops both the node and its
+deletion. Proofs are built at the newest certified state height
+(node/proofs.py): pipeline_depth below the newest block that is not a null
+block, with at most pipeline_depth null blocks above that one; the margin
+covers blocks that commit while a proof is built. A proof against an older
+root fails once a later block has rewritten the upper nodes on its path (the
+API answers 503 `proof_unavailable`, ask again). A store pruned with a longer
+window (an older release kept them 32 heights) has lists older than the
+window: the first block after opening deletes them all. Stores written before
 `smt/u/` existed keep all of a height's replaced nodes in `smt/s/`, which the
 256-height pruning deletes as before.
 The application remembers the version and value hash of the keys the latest
@@ -134,7 +142,8 @@ VERIFIED_CACHE_BYTES_MAX = 64 * 1024 * 1024  # ~100,000 txs of 200-byte values
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
 STATE_VERSIONS_KEPT = 256  # heights whose replaced tree nodes below depth 3 are kept
-UPPER_VERSIONS_KEPT = 32  # ... and of depths 0-3 (module docstring, "State root")
+# ... and of depths 0-3: 2 x pipeline_depth + this (`upper_versions_kept`; module docstring)
+UPPER_VERSIONS_MARGIN = 4
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
 CLAIM_WAIT_S = 10.0
@@ -214,6 +223,18 @@ class Executed:
     versions: dict[bytes, int] | None = None
     # state key -> (version, value hash or None if deleted) after this block, for its keys
     current: dict[bytes, tuple[int, bytes | None]] | None = None
+    # this block's prune also deleted every older list of replaced upper nodes (`_prune`)
+    upper_swept: bool = False
+
+
+def upper_versions_kept(pipeline_depth: int) -> int:
+    """Heights the replaced tree nodes of depths 0-3 are kept (module docstring, "State root").
+
+    Proofs are built at the newest certified state height: pipeline_depth below
+    the newest block that is not a null block, with up to pipeline_depth null
+    blocks above it; the margin covers blocks that commit while a proof is built.
+    """
+    return min(STATE_VERSIONS_KEPT, 2 * pipeline_depth + UPPER_VERSIONS_MARGIN)
 
 
 class Store(Protocol):
@@ -222,6 +243,7 @@ class Store(Protocol):
     def head_height(self) -> int: ...
     def has_tx(self, tx_hash: bytes) -> bool: ...
     def get_meta(self, key: bytes) -> bytes | None: ...
+    def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]: ...
     def get_record(self, key: bytes) -> Any: ...
     def current_versions(self, keys: Iterable[bytes]) -> dict[bytes, int]: ...
     def commit_block(
@@ -306,6 +328,10 @@ class Application:
         # CPU time (of the threads that ran it) spent maintaining the state tree: the
         # per-block update with its key and value hashes, pruning and `committed`
         self.state_tree_cpu_s = 0.0
+        # heights the replaced tree nodes of depths 0-3 are kept (module docstring)
+        self.upper_versions_kept = upper_versions_kept(genesis.params.pipeline_depth)
+        # whether a committed prune has deleted the lists a longer window left behind
+        self._upper_swept = False
         # state key -> (version, value hash or None) at the store's head; only `apply`
         # writes it, after the commit; two generations (module docstring)
         self._current: dict[bytes, tuple[int, bytes | None]] = {}
@@ -555,11 +581,11 @@ class Application:
                 meta[state_tree.upper_stale_key(height)] = state_tree.encode_stale(upper)
             if rest:
                 meta[state_tree.stale_key(height)] = state_tree.encode_stale(rest)
-        self._prune(height, meta)
+        swept = self._prune(height, meta)
         self.state_tree_cpu_s += time.thread_time() - started
         return Executed(
             writes, status, meta, root, height, hashes, applied,
-            gb.state, tuple(gb.new_epochs), update, versions, current,
+            gb.state, tuple(gb.new_epochs), update, versions, current, swept,
         )  # fmt: skip
 
     def _current_of(self, keys: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
@@ -631,21 +657,37 @@ class Application:
             current[key] = (version, vh)
         return self.tree.update(prev, changes, height, known=known_by_hash), current
 
-    def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> None:
+    def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> bool:
         """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago, and those of
-        depths 0-3 replaced `UPPER_VERSIONS_KEPT` heights ago (same batch)."""
+        depths 0-3 replaced `upper_versions_kept` heights ago (same batch).
+
+        The first block after opening also deletes every older list of upper nodes:
+        a store written with a longer window (an older release kept them 32 heights)
+        leaves lists below this one that single-height pruning would never reach.
+        Returns whether it did (`apply` then stops doing it)."""
         kept = STATE_VERSIONS_KEPT
-        for stale_key, old in (
-            (state_tree.upper_stale_key, height - min(UPPER_VERSIONS_KEPT, kept)),
-            (state_tree.stale_key, height - kept),
+        upper_old = height - min(self.upper_versions_kept, kept)
+        upper = [upper_old] if upper_old >= 1 else []
+        swept = False
+        if upper and not self._upper_swept:
+            below = self.store.meta_keys(
+                state_tree.UPPER_STALE_PREFIX, state_tree.upper_stale_key(upper_old)
+            )
+            upper = [state_tree.decode_stale_height(k) for k in below] + upper
+            swept = True
+        for stale_key, olds in (
+            (state_tree.upper_stale_key, upper),
+            (state_tree.stale_key, [height - kept]),
         ):
-            if old < 1:
-                continue
-            raw = self.store.get_meta(stale_key(old))
-            if raw is not None:
-                for key in state_tree.decode_stale(raw):
-                    meta[key] = None
-                meta[stale_key(old)] = None
+            for old in olds:
+                if old < 1:
+                    continue
+                raw = self.store.get_meta(stale_key(old))
+                if raw is not None:
+                    for key in state_tree.decode_stale(raw):
+                        meta[key] = None
+                    meta[stale_key(old)] = None
+        return swept
 
     def apply_many(
         self, cbs: Sequence[CertifiedBlock], *, verify_signatures: bool = True
@@ -677,6 +719,8 @@ class Application:
         self.forget(executed.tx_hashes)
         if executed.current:
             self._remember_current(executed.current)
+        if executed.upper_swept:
+            self._upper_swept = True
         if executed.tree_update is not None:
             started = time.thread_time()
             self.tree.committed(executed.tree_update)

@@ -215,6 +215,13 @@ def upper_stale_key(height: int) -> bytes:
     return UPPER_STALE_PREFIX + _U64.pack(height)
 
 
+def decode_stale_height(key: bytes) -> int:
+    """The height in a `stale_key` or `upper_stale_key`; TreeError if it is not one."""
+    if len(key) != len(STALE_PREFIX) + 8 or not key.startswith((STALE_PREFIX, UPPER_STALE_PREFIX)):
+        raise TreeError(f"malformed stale list key {key!r}")
+    return int(_U64.unpack_from(key, len(STALE_PREFIX))[0])
+
+
 def split_stale(keys: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
     """`keys` (an update's replaced nodes) as (internal nodes of depths below
     `UPPER_DEPTHS`, everything else), each in the given order."""

@@ -612,6 +612,19 @@ class ChainStore:
         return value
 
     @_leveldb_errors
+    def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
+        """The meta keys in [start, stop), in order, at most `limit` (values not read)."""
+        out: list[bytes] = []
+        with self._db.iterator(
+            start=_META + bytes(start), stop=_META + bytes(stop), include_value=False
+        ) as it:
+            for key in it:
+                out.append(key[len(_META) :])
+                if len(out) >= limit:
+                    break
+        return out
+
+    @_leveldb_errors
     def journal_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Persist journal records (None deletes) atomically, synced before returning."""
         for key, value in _pairs(records, "journal"):

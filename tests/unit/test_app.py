@@ -87,6 +87,10 @@ class FakeStore:
     def get_meta(self, key: bytes) -> bytes | None:
         return self.meta.get(key)
 
+    def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
+        keys = sorted(k for k, v in self.meta.items() if v is not None and start <= k < stop)
+        return keys[:limit]
+
     def get_block(self, height: int) -> CertifiedBlock | None:
         return self.blocks[height - 1] if 1 <= height <= len(self.blocks) else None
 

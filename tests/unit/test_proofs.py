@@ -372,13 +372,13 @@ def test_replaced_upper_tree_nodes_are_pruned_sooner(
     chain: ProofChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Depths 0-3 are rewritten by nearly every block: their replaced versions go after
-    UPPER_VERSIONS_KEPT heights, the deeper ones after STATE_VERSIONS_KEPT, and a stale
+    `upper_versions_kept` heights, the deeper ones after STATE_VERSIONS_KEPT, and a stale
     list written before the split (everything in `smt/s/`) still goes whole."""
     from node import app as app_module
     from storage import state_tree
 
     monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 8)
-    monkeypatch.setattr(app_module, "UPPER_VERSIONS_KEPT", 3)
+    chain.app.upper_versions_kept = 3
     chain.commit([chain.tx(0, "put", f"seed/{i}", "x") for i in range(40)])  # a tree with depth
     first = chain.store.head_height() + 1
     chain.commit([chain.tx(0, "put", f"seed/{i}", "y") for i in range(40)])  # replaces them all
@@ -418,6 +418,73 @@ def test_replaced_upper_tree_nodes_are_pruned_sooner(
     proof = fresh.prove_state(head, khash)
     assert state_tree.verify(fresh.state_root_at(head), khash, proof.leaf[1], proof)
     verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"seed/3"), chain.genesis)
+
+
+def test_the_upper_window_follows_the_pipeline_depth() -> None:
+    """Proofs are built pipeline_depth below the newest non-null block, which may have
+    pipeline_depth null blocks above it: the window covers both, plus the margin."""
+    from node import app as app_module
+
+    assert app_module.upper_versions_kept(4) == 12
+    assert app_module.upper_versions_kept(1) == 2 + app_module.UPPER_VERSIONS_MARGIN
+    assert app_module.upper_versions_kept(64) == 132
+    assert app_module.upper_versions_kept(200) == app_module.STATE_VERSIONS_KEPT
+
+
+def test_upper_lists_a_longer_window_left_go_with_the_first_block(
+    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store pruned with a longer window (an older release kept the upper nodes 32
+    heights) holds lists below the new window, which single-height pruning never
+    reaches: the first block after opening deletes them all, nodes included, and
+    only them; later blocks prune one height each; proofs still verify."""
+    from node import app as app_module
+    from storage import state_tree
+
+    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 64)
+    chain.app.upper_versions_kept = 10  # the "older release"
+    for round_ in range(8):  # every block replaces the upper nodes of the one before
+        chain.commit([chain.tx(0, "put", f"w/{i}", f"v{round_}") for i in range(30)])
+    head = chain.store.head_height()
+    lists = chain.store.meta_keys(
+        state_tree.UPPER_STALE_PREFIX, state_tree.upper_stale_key(head + 1)
+    )
+    heights = [state_tree.decode_stale_height(k) for k in lists]
+    assert len(heights) >= 7 and min(heights) <= head - 6
+    nodes = {
+        h: state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(h)))
+        for h in heights
+    }
+    assert all(chain.store.get_meta(k) is not None for ks in nodes.values() for k in ks)
+
+    reopened = app_module.Application(chain.store, chain.genesis)
+    reopened.upper_versions_kept = 3
+    chain.app = reopened
+    chain.commit([chain.tx(0, "put", "w/0", "again")])  # head + 1 prunes through head - 2
+    gone = [h for h in heights if h <= head - 2]
+    kept = [h for h in heights if h > head - 2]
+    assert gone and kept
+    for h in gone:
+        assert chain.store.get_meta(state_tree.upper_stale_key(h)) is None
+        assert all(chain.store.get_meta(k) is None for k in nodes[h])
+    for h in kept:
+        assert chain.store.get_meta(state_tree.upper_stale_key(h)) is not None
+        assert all(chain.store.get_meta(k) is not None for k in nodes[h])
+    chain.commit([chain.tx(0, "put", "w/1", "again")])  # one height more, not a sweep
+    assert chain.store.get_meta(state_tree.upper_stale_key(head - 1)) is None
+    assert chain.store.get_meta(state_tree.upper_stale_key(head)) is not None
+    chain.advance(3)
+    verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"w/5"), chain.genesis)
+
+
+def test_a_stale_list_key_is_parsed_or_refused() -> None:
+    from storage import state_tree
+
+    assert state_tree.decode_stale_height(state_tree.upper_stale_key(7)) == 7
+    assert state_tree.decode_stale_height(state_tree.stale_key(2**64 - 1)) == 2**64 - 1
+    for bad in (b"smt/u/" + b"\0" * 7, b"smt/r/" + b"\0" * 8, b"smt/u/" + b"\0" * 9):
+        with pytest.raises(state_tree.TreeError, match="malformed stale list key"):
+            state_tree.decode_stale_height(bad)
 
 
 def test_a_record_bundle_whose_tree_nodes_are_gone_is_unavailable(chain: ProofChain) -> None:

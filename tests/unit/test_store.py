@@ -187,6 +187,17 @@ def test_meta_is_written_with_the_block_and_can_be_deleted(store: ChainStore) ->
     assert store.get_meta(b"b") is None
 
 
+def test_meta_keys_lists_a_range_of_meta_only(store: ChainStore) -> None:
+    meta = {b"l/1": b"x", b"l/2": b"y", b"l/3": b"z", b"l/4": b"w", b"m/1": b"v"}
+    store.commit_block(make_block(1, GENESIS_HASH), [], meta)
+    store.commit_block(make_block(2, store.head_hash()), [], {b"l/2": None})
+    store.journal_write([(b"l/1", b"journal")])  # another namespace: never listed
+    assert store.meta_keys(b"l/", b"l0") == [b"l/1", b"l/3", b"l/4"]
+    assert store.meta_keys(b"l/", b"l/4") == [b"l/1", b"l/3"]
+    assert store.meta_keys(b"l/", b"l0", limit=2) == [b"l/1", b"l/3"]
+    assert store.meta_keys(b"n/", b"o/") == []
+
+
 def test_empty_block_commits(store: ChainStore) -> None:
     cb = make_block(1, GENESIS_HASH)
     store.commit_block(cb, [])
