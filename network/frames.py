@@ -97,8 +97,15 @@ class AeadCipher:
 
 def seal_frame(cipher: FrameCipher, plaintext: bytes) -> bytes:
     """One frame on the wire: length prefix (also the AAD) and the sealed body."""
+    prefix, body = seal_frame_parts(cipher, plaintext)
+    return prefix + body
+
+
+def seal_frame_parts(cipher: FrameCipher, plaintext: bytes) -> tuple[bytes, bytes]:
+    """`seal_frame` as (length prefix, sealed body): a sender of large frames writes the
+    two one after the other instead of copying the body behind the prefix."""
     prefix = LENGTH_PREFIX.pack(len(plaintext) + cipher.overhead)
-    return prefix + cipher.seal(plaintext, prefix)
+    return prefix, cipher.seal(plaintext, prefix)
 
 
 class FrameReader:
@@ -139,9 +146,10 @@ class FrameReader:
         end = LENGTH_PREFIX.size + length
         if len(buffer) < end:
             return None
-        prefix = bytes(buffer[: LENGTH_PREFIX.size])
-        body = bytes(buffer[LENGTH_PREFIX.size : end])
-        del buffer[:end]
+        with memoryview(buffer) as view:  # one copy of the body, not two
+            prefix = bytes(view[: LENGTH_PREFIX.size])
+            body = bytes(view[LENGTH_PREFIX.size : end])
+        del buffer[:end]  # after the view is released: a bytearray with a view cannot shrink
         return prefix, body
 
 

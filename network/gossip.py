@@ -16,7 +16,10 @@ import hashlib
 
 
 def gossip_id(channel: int, payload: bytes) -> bytes:
-    return hashlib.sha256(bytes((channel,)) + payload).digest()
+    """sha256(channel byte || payload), without copying the payload (batches run to MBs)."""
+    h = hashlib.sha256(bytes((channel,)))
+    h.update(payload)
+    return h.digest()
 
 
 class SeenCache:

@@ -35,6 +35,7 @@ from network.frames import (
     FrameReader,
     pack_messages,
     seal_frame,
+    seal_frame_parts,
     unpack_messages,
 )
 from network.handshake import (
@@ -56,6 +57,9 @@ CHANNEL_VALUES = frozenset(int(c) for c in Channel)
 CHANNEL_NAMES = {int(c): c.name.lower() for c in Channel}
 KEEPALIVE_PLAINTEXT = pack_messages([(KEEPALIVE_CHANNEL, b"")])
 HANDSHAKE_READ_BYTES = 4096
+# a sealed body at least this long is written after its length prefix, not copied behind
+# it (a copy of a block-sized frame costs more than the second write)
+SEPARATE_SEND_BYTES = 64 * 1024
 
 CipherFactory = Callable[[bytes, bytes], FrameCipher]
 Deliver = Callable[["Link", list[tuple[int, bytes]]], Awaitable[None]]
@@ -281,12 +285,18 @@ class Link:
                 with trio.move_on_after(config.keepalive_interval_s):
                     await self._wake.wait()
             batch = self._drain()
-            frame = seal_frame(self._cipher, pack_messages(batch) if batch else KEEPALIVE_PLAINTEXT)
+            prefix, body = seal_frame_parts(
+                self._cipher, pack_messages(batch) if batch else KEEPALIVE_PLAINTEXT
+            )
             with trio.move_on_after(config.send_stall_timeout_s) as stall:
-                await self._stream.send_all(frame)
+                if len(body) < SEPARATE_SEND_BYTES:
+                    await self._stream.send_all(prefix + body)
+                else:  # a block or a large batch: two writes cost less than copying it
+                    await self._stream.send_all(prefix)
+                    await self._stream.send_all(body)
             if stall.cancelled_caught:
                 raise LinkClosed("send_stalled")
-            self._count_sent(batch, len(frame))
+            self._count_sent(batch, len(prefix) + len(body))
 
     async def _read_loop(self, deliver: Deliver) -> None:
         config = self.config

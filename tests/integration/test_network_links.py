@@ -186,6 +186,24 @@ async def test_queued_messages_are_batched_into_few_frames_in_order() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_block_sized_messages_arrive_whole_and_in_order_among_small_ones() -> None:
+    """Frames of 64 KiB and more are written as prefix, then body (no copy): the reader
+    must see the same stream as from one write, whatever the sizes around them."""
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, keys(2))
+        a = await c.start(0)
+        b = await c.start(1, dial=[0])
+        await exchange(a, b)
+        sizes = [700_000, 10, 65_520, 65_536, 3, 1_500_000, 200, 64 * 1024 - 17, 64 * 1024 - 16]
+        payloads = [bytes([i]) * n for i, n in enumerate(sizes)]
+        for p in payloads:
+            assert b.send(a.node_id, Channel.SYNC, p)
+        got = [(await receive(a)).payload for _ in payloads]
+        assert [len(g) for g in got] == sizes
+        assert got == payloads
+        nursery.cancel_scope.cancel()
+
+
 async def test_full_inbound_back_pressures_consensus_but_drops_gossip() -> None:
     async with trio.open_nursery() as nursery:
         c = Cluster(nursery, keys(2))

@@ -18,6 +18,7 @@ from network.frames import (
     counter_nonce,
     pack_messages,
     seal_frame,
+    seal_frame_parts,
     unpack_messages,
 )
 
@@ -126,6 +127,23 @@ def test_reader_take_returns_exact_raw_bytes() -> None:
     reader.feed(b"defg")
     assert reader.take(4) == b"abcd"
     assert reader.buffered_bytes == 3
+
+
+def test_frame_parts_are_the_frame_split_after_its_prefix() -> None:
+    alice, bob = pair()
+    prefix, body = seal_frame_parts(alice, b"z" * 100_000)
+    reader = FrameReader(frame_bytes_max=200_000)
+    reader.feed(prefix)
+    assert reader.next_frame() is None
+    reader.feed(body[:5])
+    assert reader.next_frame() is None
+    reader.feed(body[5:] + seal_frame(alice, b"next"))
+    p, sealed = reader.next_frame()
+    assert (p, sealed) == (prefix, body)
+    assert bob.open(sealed, p) == b"z" * 100_000
+    p, sealed = reader.next_frame()
+    assert bob.open(sealed, p) == b"next"
+    assert reader.next_frame() is None and reader.buffered_bytes == 0
 
 
 def test_truncated_frame_waits_for_more_bytes() -> None:
