@@ -152,7 +152,8 @@ class NodeMetrics:
         self.peers = Gauge("redwood_peers_connected", "Connected peers.", lbl, registry=r)
         self.gc_pause = Histogram(
             "redwood_gc_pause_seconds",
-            "Python garbage-collector pauses (every thread of the node stops), by generation.",
+            "Python garbage-collector pauses, wall time (every thread of the node stops; on a "
+            "busy machine it includes time the OS gave other processes), by generation.",
             ["chain_id", "generation"], buckets=WRITE_BUCKETS_S, registry=r,
         )  # fmt: skip
         for metric in (
