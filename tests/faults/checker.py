@@ -27,6 +27,7 @@ from consensus.certificates import NO_SIGNATURE
 from consensus.crypto import verify
 from consensus.types import Commit, signed_payload
 from tests.faults.harness import FaultCluster
+from tests.faults.scenarios import CATCH_UP_S, wait_for
 from tests.faults.workload import Ack
 
 FETCH_THREADS = 8
@@ -84,11 +85,28 @@ def _vote_ok(chain_id: str, raw: bytes) -> Any:
 
 
 def check(
-    cluster: FaultCluster, acked: list[Ack], honest: list[int], byzantine_ids: set[str]
+    cluster: FaultCluster,
+    acked: list[Ack],
+    honest: list[int],
+    byzantine_ids: set[str],
+    settle_s: float = CATCH_UP_S,
 ) -> Verdict:
     verdict = Verdict()
     chain_id = cluster.chain_id
-    heights = {i: int(cluster.get_json(i, "/status")["height"]) for i in honest}
+
+    def read() -> dict[int, int]:
+        return {i: int(cluster.get_json(i, "/status")["height"]) for i in honest}
+
+    # The chain is still live here (after the last transactions the primary proposes
+    # empty blocks until their state is certified), and nodes apply a new block a few
+    # ms apart: reads of different nodes at different instants can straddle one. So
+    # read until they agree, bounded; a node that is really behind never does.
+    agreed, _ = wait_for(
+        "honest nodes agree on the height",
+        lambda: h if len(set((h := read()).values())) == 1 else None,
+        settle_s,
+    )
+    heights = agreed if agreed is not None else read()
     top = min(heights.values())
     verdict.top = top
     if len(set(heights.values())) != 1:
