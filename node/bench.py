@@ -338,6 +338,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def crypto_build() -> str:
+    """PyNaCl's version and where its libsodium was compiled: in the PyPI wheel, or here.
+
+    A PyNaCl built on this machine from its source (same libsodium release) checks
+    Ed25519 signatures ~7% faster than the wheel here (docs/operator-guide.md, §2), so
+    results name the one they ran on."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("pynacl")
+    except importlib.metadata.PackageNotFoundError:
+        return "PyNaCl (no package metadata)"
+    tags = [
+        line.split(":", 1)[1].strip()
+        for line in (dist.read_text("WHEEL") or "").splitlines()
+        if line.startswith("Tag:")
+    ]
+    if not tags:
+        return f"PyNaCl {dist.version} (origin unknown: no wheel tag)"
+    wheel = any("manylinux" in t or "musllinux" in t for t in tags)
+    return f"PyNaCl {dist.version} ({'PyPI wheel' if wheel else 'built here'}, {tags[0]})"
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -1402,6 +1425,7 @@ def result(scenario: str, params: dict[str, Any], ceiling: dict[str, Any], runs:
         "scenario": scenario,
         "commit": git_commit(),
         "build": native.MODE,  # compiled or pure Python (node/native.py); the nodes' too
+        "crypto": crypto_build(),  # the nodes run the same venv's PyNaCl
         "machine": {
             **machine(),
             "load_average_before": load_before,
@@ -1420,7 +1444,8 @@ def human(doc: dict[str, Any]) -> str:
     c, m = doc["ceiling"], doc["machine"]
     lines = [
         f"redwood bench {doc['scenario']} at {doc['commit']} on {m['cores']} cores ({m['cpu']}), "
-        f"load {m['load_average_before']} -> {m['load_average_after']}, {doc.get('build')}",
+        f"load {m['load_average_before']} -> {m['load_average_after']}, {doc.get('build')}, "
+        f"{doc.get('crypto', 'PyNaCl')}",
         f"single-core pipeline ceiling: {c['txs_per_s']:.0f} tx/s "
         f"wall, {c.get('cpu_txs_per_s', 0):.0f} tx/s of CPU time "
         f"(decode + verify + execute + LevelDB, {c['txs']} txs)",

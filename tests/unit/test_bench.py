@@ -368,3 +368,39 @@ def test_scale_summary_skips_sizes_that_failed() -> None:
     s = bench.summarise("scale", runs)
     assert s["committed_tps_median"] == {"4": 4000}
     assert s["work_spread"] == 0
+
+
+class _Dist:
+    version = "1.6.2"
+
+    def __init__(self, wheel: str | None) -> None:
+        self.wheel = wheel
+
+    def read_text(self, name: str) -> str | None:
+        return self.wheel if name == "WHEEL" else None
+
+
+@pytest.mark.parametrize(
+    ("wheel", "expected"),
+    [
+        ("Wheel-Version: 1.0\nTag: cp38-abi3-manylinux_2_34_x86_64\n",
+         "PyNaCl 1.6.2 (PyPI wheel, cp38-abi3-manylinux_2_34_x86_64)"),
+        ("Wheel-Version: 1.0\nTag: cp311-cp311-linux_x86_64\n",
+         "PyNaCl 1.6.2 (built here, cp311-cp311-linux_x86_64)"),
+        (None, "PyNaCl 1.6.2 (origin unknown: no wheel tag)"),
+    ],
+)  # fmt: skip
+def test_results_name_the_pynacl_build(
+    monkeypatch: pytest.MonkeyPatch, wheel: str | None, expected: str
+) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: _Dist(wheel))
+    assert bench.crypto_build() == expected
+
+
+def test_results_name_the_installed_pynacl() -> None:
+    assert bench.crypto_build().startswith("PyNaCl ")
+    doc = bench.result("throughput", {}, {"txs_per_s": 1.0, "txs": 1}, [], [0.0, 0.0, 0.0])
+    assert doc["crypto"] == bench.crypto_build()
+    assert doc["crypto"] in bench.human(doc)

@@ -146,6 +146,19 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def test_dockerfile_builds_pynacl_from_source_with_the_tools_it_needs() -> None:
+    """The operator guide (section 2) promises the image's faster, locally compiled PyNaCl."""
+    steps = dockerfile_instructions()
+    build = steps[: max(i for i, (w, _) in enumerate(steps) if w == "FROM")]
+    runs = [rest for word, rest in build if word == "RUN"]
+    wheel = [r for r in runs if "pip wheel" in r]
+    assert wheel and "--no-binary pynacl" in wheel[0], wheel
+    apt = [r for r in runs if "apt-get install" in r]
+    assert apt, "the build stage installs no compiler"
+    packages = set(apt[0].split("apt-get install", 1)[1].split("&&", 1)[0].split())
+    assert {"gcc", "libc6-dev", "make"} <= packages, packages
+
+
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
