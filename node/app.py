@@ -221,10 +221,19 @@ class Executed:
     tree_update: Any = None  # storage.state_tree.Update
     # current version, before this block, of every key it writes (what commit_block needs)
     versions: dict[bytes, int] | None = None
-    # state key -> (version, value hash or None if deleted) after this block, for its keys
-    current: dict[bytes, tuple[int, bytes | None]] | None = None
+    # state key -> `pack_current(version, value hash or None if deleted)` after this block
+    current: dict[bytes, bytes] | None = None
     # this block's prune also deleted every older list of replaced upper nodes (`_prune`)
     upper_swept: bool = False
+
+
+_VERSION_BYTES = 8
+
+
+def pack_current(version: int, value_hash_: bytes | None) -> bytes:
+    """A remembered key's entry: its version (u64 BE), then its value hash unless deleted."""
+    packed = version.to_bytes(_VERSION_BYTES, "big")
+    return packed if value_hash_ is None else packed + value_hash_
 
 
 def upper_versions_kept(pipeline_depth: int) -> int:
@@ -334,8 +343,10 @@ class Application:
         self._upper_swept = False
         # state key -> (version, value hash or None) at the store's head; only `apply`
         # writes it, after the commit; two generations (module docstring)
-        self._current: dict[bytes, tuple[int, bytes | None]] = {}
-        self._current_old: dict[bytes, tuple[int, bytes | None]] = {}
+        # state key -> `pack_current(...)`: one bytes object an entry, not a tuple, an int
+        # and a hash (~96 bytes less each, ~12 MB over two full generations)
+        self._current: dict[bytes, bytes] = {}
+        self._current_old: dict[bytes, bytes] = {}
 
     # -- admission ---------------------------------------------------------------
 
@@ -599,14 +610,14 @@ class Application:
             if entry is None:
                 missing.append(key)
                 continue
-            versions[key] = entry[0]
-            if entry[1] is not None:
-                known[key] = entry[1]
+            versions[key] = int.from_bytes(entry[:_VERSION_BYTES], "big")
+            if len(entry) > _VERSION_BYTES:
+                known[key] = entry[_VERSION_BYTES:]
         if missing:
             versions.update(self.store.current_versions(missing))
         return versions, known
 
-    def _remember_current(self, current: Mapping[bytes, tuple[int, bytes | None]]) -> None:
+    def _remember_current(self, current: Mapping[bytes, bytes]) -> None:
         """After a commit: the committed versions and value hashes of the block's keys."""
         new = self._current
         new.update(current)
@@ -632,7 +643,7 @@ class Application:
         height: int,
         versions: Mapping[bytes, int],
         known: Mapping[bytes, bytes],
-    ) -> tuple[state_tree.Update, dict[bytes, tuple[int, bytes | None]]]:
+    ) -> tuple[state_tree.Update, dict[bytes, bytes]]:
         """The tree after `writes` (last write of a key wins; versions counted as the store
         does, from `versions`, the current version of each key before the block), and
         each written key's version and value hash after the block. `known`: value
@@ -644,7 +655,7 @@ class Application:
             last[w.key] = w.value
         changes: dict[bytes, bytes | None] = {}
         known_by_hash: dict[bytes, bytes] = {}
-        current: dict[bytes, tuple[int, bytes | None]] = {}
+        current: dict[bytes, bytes] = {}
         key_hash = state_tree.key_hash
         for key, value in last.items():
             kh = key_hash(key)
@@ -654,7 +665,7 @@ class Application:
             version = versions[key] + counts[key]
             vh = None if value is None else value_hash(height, version, value)
             changes[kh] = vh
-            current[key] = (version, vh)
+            current[key] = pack_current(version, vh)
         return self.tree.update(prev, changes, height, known=known_by_hash), current
 
     def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> bool:

@@ -517,6 +517,25 @@ def test_two_nodes_reach_identical_state(tmp_path: Path, genesis: Genesis) -> No
         warm_store.close()
 
 
+def test_remembered_entries_are_one_packed_bytes_each(app: Application, store: Any) -> None:
+    """One bytes object a remembered key (version, then the value hash unless deleted),
+    read back as the version and the known value hash."""
+    from node.app import pack_current
+
+    h = bytes(range(32))
+    assert pack_current(7, h) == (7).to_bytes(8, "big") + h
+    assert pack_current(2**64 - 1, None) == b"\xff" * 8
+    app.apply(make_block(store, [tx(record="a", value="1"), tx(record="b", value="2")]))
+    app.apply(make_block(store, [tx(op="delete", record="a", value="")]))
+    entries = {**app._current_old, **app._current}
+    assert entries and all(type(e) is bytes and len(e) in (8, 40) for e in entries.values())
+    deleted = [k for k, e in entries.items() if len(e) == 8]
+    assert len(deleted) == 1
+    versions, known = app._current_of(set(entries))
+    assert versions[deleted[0]] == 2 and deleted[0] not in known
+    assert all(len(known[k]) == 32 for k in entries if k not in deleted)
+
+
 def test_remembered_versions_and_value_hashes_change_nothing(
     tmp_path: Path, genesis: Genesis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
