@@ -38,15 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(checks: int, repeats: int) -> dict[str, object]:
     """This interpreter's figures (run in the child process)."""
     sys.path.insert(0, str(ROOT))
-    from consensus.crypto import SigningKey, signing_bytes, verify_raw
+    from consensus.crypto import Domain, SigningKey, signing_bytes, verify_raw
     from node.bench import crypto_build
 
     key = SigningKey.generate()
     public = key.public
     # what a transaction's check hashes: its domain, the chain id and ~250 bytes
     payloads = [os.urandom(250) for _ in range(checks)]
-    messages = [signing_bytes("redwood/tx", "bench", p) for p in payloads]
-    signatures = [key.sign("redwood/tx", "bench", p) for p in payloads]
+    messages = [signing_bytes(Domain.TX, "bench", p) for p in payloads]
+    signatures = [key.sign(Domain.TX, "bench", p) for p in payloads]
     passes = []
     for _ in range(repeats):
         started = time.process_time()

@@ -341,11 +341,10 @@ class Application:
         self.upper_versions_kept = upper_versions_kept(genesis.params.pipeline_depth)
         # whether a committed prune has deleted the lists a longer window left behind
         self._upper_swept = False
-        # state key -> (version, value hash or None) at the store's head; only `apply`
-        # writes it, after the commit; two generations (module docstring)
-        # state key -> `pack_current(...)`: one bytes object an entry, not a tuple, an int
-        # and a hash: 113 bytes an entry with its dict slot, not 200 (~11 MB over two full
-        # generations; measured with tracemalloc)
+        # state key -> `pack_current(version, value hash or None)` at the store's head;
+        # only `apply` writes it, after the commit; two generations (module docstring).
+        # One bytes an entry, not a tuple, an int and a hash: 113 bytes with its dict
+        # slot, not 200 (~11 MB over two full generations; measured with tracemalloc)
         self._current: dict[bytes, bytes] = {}
         self._current_old: dict[bytes, bytes] = {}
 
