@@ -15,10 +15,12 @@ Usage::
 
 It prints, per interpreter, the PyNaCl build (`node.bench.crypto_build`) and the
 best and median CPU microseconds a check over `--repeats` passes of `--checks`
-checks. Set up a source build to compare with::
+checks. Set up a source build to compare with (the dependencies only: the child
+imports Redwood from this checkout, and an editable install of it in a second venv
+would recompile the checkout's `node/_native/` under the first one)::
 
-    python3 -m venv /tmp/nacl-src && /tmp/nacl-src/bin/pip install -q -e . \\
-        && /tmp/nacl-src/bin/pip install -q --no-binary pynacl --force-reinstall pynacl
+    python3 -m venv /tmp/nacl-src && /tmp/nacl-src/bin/pip install -q --no-binary pynacl \\
+        pynacl msgpack trio httpx plyvel prometheus-client starlette hypercorn tomli-w
 """
 
 from __future__ import annotations
