@@ -9,7 +9,8 @@ are not offered again while the proposal is in flight. `committed(hashes)`
 (after a block is applied) drops them for good; `requeue()` (after a view
 change, when in-flight proposals may be lost) makes every reserved
 transaction pending again, ahead of newer ones. `evict_expired(height)` drops
-what can no longer be included.
+what can no longer be included (and its entry in the application's verified
+cache).
 
 Fairness: `take` goes round-robin across senders, FIFO within a sender, and
 the rotation carries over from one `take` to the next, so a sender with ten
@@ -199,6 +200,7 @@ class Mempool:
         # `screen` looked each hash up at `screened.height`: only a commit since can change that
         moved = self.app.store.head_height() != screened.height
         oks = iter(signatures_ok)
+        committed: list[bytes] = []
         for position, (i, checked, tx_bytes) in enumerate(screened.checked):
             if position not in screened.preverified and not next(oks):
                 bad = Rejected("bad_signature", "signature does not verify for the sender's key")
@@ -208,7 +210,13 @@ class Mempool:
             if early is None and moved and self.app.store.has_tx(checked.tx_hash):
                 # committed while its signature was being checked off the loop
                 early = Rejected("duplicate", "transaction already committed")
+                committed.append(checked.tx_hash)
             results[i] = self._reject(early) if early else self._insert(checked, tx_bytes)
+        if committed:
+            # the block's apply forgot these hashes before the check above cached them:
+            # nothing will ask for them again, so they would hold the verified cache's
+            # room (a decoded transaction each) until its bound pushed them out
+            self.app.forget(committed)
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
@@ -303,16 +311,20 @@ class Mempool:
         self.requeued += len(reserved)
         return len(reserved)
 
-    def evict_expired(self, height: int) -> int:
-        """Drop what cannot be included after committed height `height` (valid_until <= height)."""
-        evicted = 0
+    def evict_expired(self, height: int) -> list[bytes]:
+        """Drop what cannot be included after committed height `height` (valid_until <= height);
+        returns their hashes. Their signatures leave the verified cache too: no block can
+        hold them any more, so nothing would ask for them again."""
+        evicted: list[bytes] = []
         # `_remove` may rebuild the heap: always read it afresh
         while self._expiry and self._expiry[0][0] <= height:
             _, _, entry = heapq.heappop(self._expiry)
             if entry.state is not _State.GONE:
                 self._remove(entry)
-                evicted += 1
-        self.evicted += evicted
+                evicted.append(entry.tx_hash)
+        if evicted:
+            self.app.forget(evicted)
+        self.evicted += len(evicted)
         return evicted
 
     # -- removal and queues ------------------------------------------------------

@@ -578,7 +578,8 @@ class Node:
                 self._subscribers.remove(sub)
                 sub.close()
         if header.height % 16 == 0:
-            self.mempool.evict_expired(header.height)
+            for h in self.mempool.evict_expired(header.height):
+                self._submitted_at.pop(h, None)  # never commits: no latency to observe
         if self.replica.view != self._last_view:
             self._last_view = self.replica.view
             self.mempool.requeue()
