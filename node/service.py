@@ -199,6 +199,7 @@ class Node:
         self._journal_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self._waiters: dict[bytes, trio.Event] = {}
+        self._waiting: dict[bytes, int] = {}  # requests waiting on each of _waiters
         self._submitted_at: dict[bytes, float] = {}
         self._subscribers: list[trio.MemorySendChannel[CertifiedBlock]] = []
         self._evidence: list[Evidence] = []
@@ -681,8 +682,21 @@ class Node:
             if len(self._waiters) >= WAITERS_MAX:
                 return None
             event = self._waiters[tx_hash_] = trio.Event()
-        with trio.move_on_after(timeout_s):
-            await event.wait()
+        self._waiting[tx_hash_] = self._waiting.get(tx_hash_, 0) + 1
+        try:
+            with trio.move_on_after(timeout_s):
+                await event.wait()
+        finally:
+            # the last request to give up on a transaction that did not commit (expired,
+            # never proposed) takes its event along: otherwise it stays until the commit
+            # that never comes, and WAITERS_MAX of them would refuse every later wait
+            left = self._waiting[tx_hash_] - 1
+            if left:
+                self._waiting[tx_hash_] = left
+            else:
+                del self._waiting[tx_hash_]
+                if self._waiters.get(tx_hash_) is event:
+                    del self._waiters[tx_hash_]
         return self.store.get_tx(tx_hash_)
 
     def _catching_up(self) -> bool:
