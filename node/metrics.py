@@ -195,13 +195,27 @@ class NodeMetrics:
         s.db_path = db_path if db_path is not None else s.db_path
         s.node_dropped = node_dropped if node_dropped is not None else s.node_dropped
 
-    def bind_signatures(self, verified: Callable[[], int], skipped: Callable[[], int]) -> None:
-        """Export `redwood_signatures_verified_total` and `redwood_signatures_skipped_total`."""
+    def bind_signatures(
+        self,
+        verified: Callable[[], int],
+        skipped: Callable[[], int],
+        cached: Callable[[], int] | None = None,
+    ) -> None:
+        """Export `redwood_signatures_verified_total`, `redwood_signatures_skipped_total`
+        and, given `cached`, the gauge `redwood_signatures_cached`."""
+
+        def read() -> dict[str, Any]:
+            out: dict[str, Any] = {"verified_total": verified(), "skipped_total": skipped()}
+            if cached is not None:
+                out["cached"] = cached()
+            return out
+
         self.add_layer(
             "signatures",
-            lambda: {"verified_total": verified(), "skipped_total": skipped()},
+            read,
             "Transaction signatures this node checked (admission and proposals) or took as "
-            "checked (executing committed blocks, or cached from admission).",
+            "checked (executing committed blocks, or cached from admission); cached: "
+            "checked transactions held until their block executes or they expire.",
         )
 
     def bind_state_tree(self, cpu_seconds: Callable[[], float]) -> None:

@@ -278,7 +278,11 @@ class Node:
         m.height.labels(c).set(self.store.head_height())
         m.stable_checkpoint.labels(c).set(self.replica.stable_checkpoint[0])
         pool, app = self.verify_pool, self.app
-        m.bind_signatures(lambda: pool.signatures, lambda: app.signatures_skipped)
+        m.bind_signatures(
+            lambda: pool.signatures,
+            lambda: app.signatures_skipped,
+            lambda: app.verified_cache_size,
+        )
         m.bind_state_tree(lambda: app.state_tree_cpu_s)
 
     # -- running ----------------------------------------------------------------------

@@ -105,7 +105,7 @@ def full_metrics(tmp_path: Path, clock: FakeClock | None = None) -> NodeMetrics:
         db_path=tmp_path,
         node_dropped={"undecodable": 1},
     )
-    m.bind_signatures(lambda: 7, lambda: 5)
+    m.bind_signatures(lambda: 7, lambda: 5, lambda: 3)  # as the node binds them
     m.bind_state_tree(lambda: 1.25)
     return m
 
@@ -331,6 +331,20 @@ def test_state_tree_cpu_is_read_at_scrape_time() -> None:
     assert value(m, "redwood_state_tree_cpu_seconds_total", chain_id=CHAIN) == 0.0
     spent[0] = 2.5
     assert value(m, "redwood_state_tree_cpu_seconds_total", chain_id=CHAIN) == 2.5
+
+
+def test_signature_counters_and_the_cached_gauge_are_read_at_scrape_time() -> None:
+    m = NodeMetrics(CHAIN, "00", "v")
+    cache = [0]
+    m.bind_signatures(lambda: 7, lambda: 5, lambda: cache[0])
+    assert value(m, "redwood_signatures_verified_total", chain_id=CHAIN) == 7
+    assert value(m, "redwood_signatures_skipped_total", chain_id=CHAIN) == 5
+    assert value(m, "redwood_signatures_cached", chain_id=CHAIN) == 0
+    cache[0] = 14_000
+    assert value(m, "redwood_signatures_cached", chain_id=CHAIN) == 14_000
+    bare = NodeMetrics(CHAIN, "00", "v")
+    bare.bind_signatures(lambda: 1, lambda: 2)  # without a cache: no gauge
+    assert value(bare, "redwood_signatures_cached", chain_id=CHAIN) is None
 
 
 def test_add_layer_skips_bound_names_and_garbage() -> None:
