@@ -24,7 +24,7 @@ from node import txs as txlib
 from node.client import Client, ClientError
 from node.testnet import staggered_write_buffer_mb
 from storage.keyfile import read_key
-from tests.integration.harness import Cluster, wait_until
+from tests.integration.harness import PORTS_PER_NODE, Cluster, wait_until
 
 VALIDATORS = 4
 OBSERVERS = 1
@@ -123,6 +123,26 @@ def test_thousand_writes_acknowledged_and_every_node_agrees(cluster: Cluster) ->
     assert_acked_present(cluster, writer, everyone)  # the observer serves reads too
     committed = [n.status()["txs_committed"] for n in cluster.nodes]
     assert len(set(committed)) == 1 and committed[0] >= WRITES
+    # everything is executed: no node may keep a checked signature (the cache once kept
+    # those of blocks executed while their admission or proposal check ran)
+    for i in everyone:
+        wait_until(
+            f"node{i}'s verified cache empty",
+            lambda i=i: signatures_cached(cluster, i) == 0,
+            30,
+        )
+
+
+def signatures_cached(cluster: Cluster, node: int) -> float:
+    port = cluster.base_port + PORTS_PER_NODE * node + 2  # its metrics port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    found = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("redwood_signatures_cached{")
+    ]
+    assert len(found) == 1, "redwood_signatures_cached is exported once"
+    return found[0]
 
 
 def test_status_height_and_txs_committed_count_the_same_blocks(cluster: Cluster) -> None:
