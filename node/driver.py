@@ -22,10 +22,14 @@ The apply task executes each committed block and writes it (one atomic
 LevelDB batch per block; blocks that queued up together are executed in one
 worker-thread call and only the last write is synced) while the driver keeps
 running consensus for the next heights;
-it reports each result back as an `Applied` input, and only then does the
-driver tell the replica the new state root (`executed`). The apply queue is
-bounded, so execution that falls behind slows consensus instead of growing
-memory. Block h's header claims the state of h - pipeline_depth, so the
+it hands each result back as an `Applied` input (in a queue of its own that
+the driver empties before its next events, so the apply task never waits on
+the driver while the driver waits for room in the apply queue), and only
+then does the driver tell the replica the new state root (`executed`). The apply queue is
+bounded in blocks (`APPLY_QUEUE_MAX`) and in bytes (`APPLY_QUEUE_BYTES_MAX`,
+counted from a block's hand-over until its result is back, so the batch in
+the worker thread counts too), so execution that falls behind slows
+consensus instead of growing memory. Block h's header claims the state of h - pipeline_depth, so the
 pipeline keeps moving while up to pipeline_depth blocks are being applied.
 """
 
@@ -35,6 +39,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +54,11 @@ log = logging.getLogger("redwood.driver")
 EVENTS_QUEUE_MAX = 4096
 EVENTS_PER_CYCLE_MAX = 512
 APPLY_QUEUE_MAX = 64  # committed blocks waiting for execution
+# ... and their bytes, with those being executed: at most this much, or one block of any
+# size when nothing else is there. 64 full blocks (1.5 MB each) would be 96 MB; catch-up
+# and an execution far behind keep ~20 full blocks queued, enough to fill the batches
+APPLY_QUEUE_BYTES_MAX = 32 * 1024 * 1024
+APPLY_BLOCK_OVERHEAD_BYTES = 1024  # a block's header, certificate and objects, roughly
 APPLY_BATCH_BLOCKS_MAX = 32  # blocks executed in one worker-thread call
 APPLY_BATCH_TXS_MAX = 8000  # ... unless they hold this many transactions already
 
@@ -85,8 +95,14 @@ class Poke:
     """The mempool gained transactions: maybe propose."""
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedReady:
+    """The apply task left results in the driver's `_applied` queue."""
+
+
 TICK = Tick()
 POKE = Poke()
+APPLIED = AppliedReady()
 
 
 class Driver:
@@ -109,7 +125,10 @@ class Driver:
         propose_empty_blocks: bool = False,
         clock: Callable[[], float] = time.monotonic,
         txs_height: int = 0,
+        apply_queue_bytes_max: int = APPLY_QUEUE_BYTES_MAX,
     ) -> None:
+        if apply_queue_bytes_max < 1:
+            raise ValueError("apply_queue_bytes_max must be positive")
         self.replica = replica
         self._depth = pipeline_depth
         self._empty_interval_s = empty_block_interval_s
@@ -126,6 +145,13 @@ class Driver:
         self._apply_send, self._apply_recv = trio.open_memory_channel[CertifiedBlock](
             APPLY_QUEUE_MAX
         )
+        self._apply_bytes_max = apply_queue_bytes_max
+        self.apply_queue_blocks = 0  # handed to the apply task, result not back yet
+        self.apply_queue_bytes = 0  # their `block_bytes`
+        self.apply_queue_waits = 0  # hand-overs that waited for room (execution behind)
+        self._apply_room = trio.Event()  # set (and replaced) whenever results come back
+        # results of the apply task, handled before the next events (see `_apply_loop`)
+        self._applied: deque[Applied] = deque()
         self._take_batch = take_batch
         self._pending_count = pending_count
         self._on_evidence = on_evidence
@@ -159,13 +185,41 @@ class Driver:
                     break
                 batch.append(more)
                 txs += len(more.block.txs)
-            results = await self._apply_blocks(batch)
-            for done, (root, result) in zip(batch, results, strict=True):
-                await self.events_send.send(Applied(done.block.header.height, root, result))
+            try:
+                results = await self._apply_blocks(batch)
+                self._applied.extend(
+                    Applied(done.block.header.height, root, result)
+                    for done, (root, result) in zip(batch, results, strict=True)
+                )
+            finally:
+                self.apply_queue_blocks -= len(batch)
+                self.apply_queue_bytes -= sum(map(block_bytes, batch))
+                self._apply_room.set()
+                self._apply_room = trio.Event()
+            # wake the event loop; a full channel wakes it anyway. Never a blocking send:
+            # the driver may be waiting for room in the apply queue, not reading events
+            with contextlib.suppress(trio.WouldBlock):
+                self.events_send.send_nowait(APPLIED)
+
+    async def _hand_to_apply(self, cb: CertifiedBlock) -> None:
+        """Queue `cb` for execution; waits while the queue is full in blocks or bytes."""
+        size = block_bytes(cb)
+        while self.apply_queue_bytes and self.apply_queue_bytes + size > self._apply_bytes_max:
+            self.apply_queue_waits += 1
+            await self._apply_room.wait()
+        self.apply_queue_blocks += 1
+        self.apply_queue_bytes += size
+        try:
+            await self._apply_send.send(cb)  # waits only when execution is far behind
+        except BaseException:
+            self.apply_queue_blocks -= 1
+            self.apply_queue_bytes -= size
+            raise
 
     async def _event_loop(self) -> None:
         while True:
             first = await self._events.receive()
+            self._take_applied()
             self._handle(first)
             for _ in range(EVENTS_PER_CYCLE_MAX):
                 try:
@@ -173,7 +227,13 @@ class Driver:
                 except trio.WouldBlock:
                     break
                 self._handle(event)
+            self._take_applied()
             await self._cycle()
+
+    def _take_applied(self) -> None:
+        applied = self._applied
+        while applied:
+            self._handle(applied.popleft())
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, PeerMessage):
@@ -188,7 +248,8 @@ class Driver:
             note = getattr(self.replica, "note_pending", None)
             if note is not None:
                 note(self._pending_count())
-        # Poke: nothing to hand the replica; _cycle considers proposing
+        # Poke: nothing to hand the replica; _cycle considers proposing. AppliedReady:
+        # its results were taken before this event
 
     async def _cycle(self) -> None:
         self.cycles += 1
@@ -208,7 +269,7 @@ class Driver:
                 if cb.block.txs:
                     self._txs_height = max(self._txs_height, cb.block.height)
                 self._last_block_at = self._clock()
-                await self._apply_send.send(cb)  # waits only when execution is far behind
+                await self._hand_to_apply(cb)
             for height, root in ready.stable_checkpoints:
                 self._on_stable_checkpoint(height, root)
             for ev in ready.evidence:
@@ -240,6 +301,11 @@ class Driver:
             self._txs_height > 0 and self.replica.next_height <= self._txs_height + self._depth
         )
         return unsealed or self._always_empty
+
+
+def block_bytes(cb: Any) -> int:
+    """What a committed block costs in the apply queue: its transactions' bytes and a bit."""
+    return sum(map(len, cb.block.txs)) + APPLY_BLOCK_OVERHEAD_BYTES
 
 
 def is_sync_message(message: Any) -> bool:

@@ -228,6 +228,20 @@ class NodeMetrics:
             "LevelDB writes are not included (they go in the block's batch).",
         )
 
+    def bind_apply_queue(self, driver: Any) -> None:
+        """Export `redwood_apply_queue_blocks`, `redwood_apply_queue_bytes` and
+        `redwood_apply_queue_waits_total` (node.driver.Driver's counters)."""
+        self.add_layer(
+            "apply_queue",
+            lambda: {
+                "blocks": driver.apply_queue_blocks,
+                "bytes": driver.apply_queue_bytes,
+                "waits_total": driver.apply_queue_waits,
+            },
+            "Committed blocks handed to execution whose result is not back yet, their "
+            "bytes, and hand-overs that waited for room (execution behind agreement).",
+        )
+
     def add_layer(self, name: str, read: Callable[[], dict[str, Any]], help_text: str) -> None:
         """Export a layer's plain counters as `redwood_<name>_<key>` at scrape time.
 

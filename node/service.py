@@ -284,6 +284,7 @@ class Node:
             lambda: app.verified_cache_size,
         )
         m.bind_state_tree(lambda: app.state_tree_cpu_s)
+        m.bind_apply_queue(self.driver)
 
     # -- running ----------------------------------------------------------------------
 

@@ -149,13 +149,140 @@ async def test_blocks_that_queue_up_are_applied_in_one_batch_in_order() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(driver._apply_loop)
             while len(applied) < total:
-                event = await driver._events.receive()
-                assert isinstance(event, Applied)
-                assert event.state_root == bytes([event.height]) * 32
-                applied.append(event.height)
+                await driver._events.receive()  # the apply task's wake-up
+                while driver._applied:
+                    event = driver._applied.popleft()
+                    assert isinstance(event, Applied)
+                    assert event.state_root == bytes([event.height]) * 32
+                    applied.append(event.height)
             nursery.cancel_scope.cancel()
     assert applied == list(range(1, total + 1))
     assert batches == [
         list(range(1, APPLY_BATCH_BLOCKS_MAX + 1)),
         list(range(APPLY_BATCH_BLOCKS_MAX + 1, total + 1)),
     ]
+
+
+class _SizedCB:
+    """A committed block with `n` transactions of `size` bytes, enough for the apply loop."""
+
+    def __init__(self, h: int, n: int = 1, size: int = 1) -> None:
+        header = type("H", (), {"height": h})()
+        self.block = type("B", (), {"header": header, "txs": (b"t" * size,) * n, "height": h})()
+
+
+def _apply_driver(apply_blocks: Any, **kwargs: Any) -> Driver:
+    async def nothing(*_a: Any) -> Any:
+        return None
+
+    return Driver(
+        FakeReplica(), journal_write=nothing, send=lambda to, m: None, apply_blocks=apply_blocks,
+        take_batch=list, pending_count=lambda: 0, on_evidence=lambda e: None,
+        on_stable_checkpoint=lambda h, r: None, **kwargs,
+    )  # fmt: skip
+
+
+async def test_the_apply_queue_holds_at_most_its_bytes() -> None:
+    """Blocks handed to execution, with those being executed, stay within the byte bound;
+    a block is never refused, only delayed, and all are applied in order."""
+    import trio
+    import trio.testing
+
+    from node.driver import block_bytes
+
+    limit = 3 * block_bytes(_SizedCB(0, 100, 100))  # three such blocks
+    seen: list[int] = []
+    peak = 0
+    gate = trio.Event()
+    driver: Driver
+
+    async def apply_blocks(cbs: list[Any]) -> list[tuple[bytes, Any]]:
+        nonlocal peak
+        peak = max(peak, driver.apply_queue_bytes)
+        await gate.wait()  # execution far behind until the test opens the gate
+        seen.extend(cb.block.header.height for cb in cbs)
+        return [(b"r" * 32, None) for _ in cbs]
+
+    driver = _apply_driver(apply_blocks, apply_queue_bytes_max=limit)
+    total = 10
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver._apply_loop)
+
+            async def hand_all() -> None:
+                for h in range(1, total + 1):
+                    await driver._hand_to_apply(_SizedCB(h, 100, 100))  # type: ignore[arg-type]
+                    peak_now = driver.apply_queue_bytes
+                    assert peak_now <= limit
+
+            nursery.start_soon(hand_all)
+            await trio.testing.wait_all_tasks_blocked()
+            # three blocks are in: the hand-over of the fourth waits for room
+            assert driver.apply_queue_blocks == 3
+            assert driver.apply_queue_waits >= 1
+            gate.set()
+            while len(seen) < total:
+                await driver._events.receive()
+            nursery.cancel_scope.cancel()
+    assert seen == list(range(1, total + 1))
+    assert peak <= limit
+    assert driver.apply_queue_blocks == 0 and driver.apply_queue_bytes == 0
+
+
+async def test_a_block_larger_than_the_bound_goes_alone() -> None:
+    import trio
+
+    seen: list[int] = []
+
+    async def apply_blocks(cbs: list[Any]) -> list[tuple[bytes, Any]]:
+        seen.extend(cb.block.header.height for cb in cbs)
+        return [(b"r" * 32, None) for _ in cbs]
+
+    driver = _apply_driver(apply_blocks, apply_queue_bytes_max=10)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver._apply_loop)
+            for h in (1, 2, 3):
+                await driver._hand_to_apply(_SizedCB(h, 5, 1000))  # type: ignore[arg-type]
+            while len(seen) < 3:
+                await driver._events.receive()
+            nursery.cancel_scope.cancel()
+    assert seen == [1, 2, 3]
+
+
+async def test_execution_results_never_wait_on_a_full_event_channel() -> None:
+    """The driver may wait for room in the apply queue while its event channel is full
+    (peers keep sending): the apply task must still hand its results back and make room,
+    or the two would wait on each other for ever."""
+    import trio
+
+    from node.driver import EVENTS_QUEUE_MAX, TICK
+
+    seen: list[int] = []
+
+    async def apply_blocks(cbs: list[Any]) -> list[tuple[bytes, Any]]:
+        seen.extend(cb.block.header.height for cb in cbs)
+        return [(b"r" * 32, None) for _ in cbs]
+
+    limit = 2 * 2000
+    driver = _apply_driver(apply_blocks, apply_queue_bytes_max=limit)
+    for _ in range(EVENTS_QUEUE_MAX):
+        driver.events_send.send_nowait(TICK)  # nobody reads them during the hand-overs
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver._apply_loop)
+            for h in range(1, 21):
+                await driver._hand_to_apply(_SizedCB(h, 1, 900))  # type: ignore[arg-type]
+            while len(driver._applied) < 20:
+                await trio.sleep(0)
+            nursery.cancel_scope.cancel()
+    assert seen == list(range(1, 21))
+    assert [a.height for a in driver._applied] == list(range(1, 21))
+
+
+def test_the_apply_queue_bound_must_be_positive() -> None:
+    async def nothing(*_a: Any) -> Any:
+        return None
+
+    with pytest.raises(ValueError, match="apply_queue_bytes_max"):
+        _apply_driver(nothing, apply_queue_bytes_max=0)

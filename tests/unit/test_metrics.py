@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -107,6 +108,9 @@ def full_metrics(tmp_path: Path, clock: FakeClock | None = None) -> NodeMetrics:
     )
     m.bind_signatures(lambda: 7, lambda: 5, lambda: 3)  # as the node binds them
     m.bind_state_tree(lambda: 1.25)
+    m.bind_apply_queue(
+        SimpleNamespace(apply_queue_blocks=1, apply_queue_bytes=2, apply_queue_waits=0)
+    )
     return m
 
 
@@ -383,3 +387,14 @@ async def test_metrics_endpoint_serves_the_registry_over_http() -> None:
         assert response.status_code == 200
         assert 'redwood_height{chain_id="test-chain"} 42.0' in response.text
         nursery.cancel_scope.cancel()
+
+
+def test_apply_queue_is_read_at_scrape_time() -> None:
+    m = NodeMetrics(CHAIN, "00", "v")
+    driver = SimpleNamespace(apply_queue_blocks=0, apply_queue_bytes=0, apply_queue_waits=0)
+    m.bind_apply_queue(driver)
+    assert value(m, "redwood_apply_queue_blocks", chain_id=CHAIN) == 0
+    driver.apply_queue_blocks, driver.apply_queue_bytes, driver.apply_queue_waits = 3, 4_500_000, 7
+    assert value(m, "redwood_apply_queue_blocks", chain_id=CHAIN) == 3
+    assert value(m, "redwood_apply_queue_bytes", chain_id=CHAIN) == 4_500_000
+    assert value(m, "redwood_apply_queue_waits_total", chain_id=CHAIN) == 7
