@@ -25,12 +25,13 @@ running consensus for the next heights;
 it hands each result back as an `Applied` input (in a queue of its own that
 the driver empties before its next events, so the apply task never waits on
 the driver while the driver waits for room in the apply queue), and only
-then does the driver tell the replica the new state root (`executed`). The apply queue is
-bounded in blocks (`APPLY_QUEUE_MAX`) and in bytes (`APPLY_QUEUE_BYTES_MAX`,
-counted from a block's hand-over until its result is back, so the batch in
-the worker thread counts too), so execution that falls behind slows
-consensus instead of growing memory. Block h's header claims the state of h - pipeline_depth, so the
-pipeline keeps moving while up to pipeline_depth blocks are being applied.
+then does the driver tell the replica the new state root (`executed`). The
+apply queue is bounded in blocks (`APPLY_QUEUE_MAX`) and in bytes
+(`APPLY_QUEUE_BYTES_MAX`, counted from a block's hand-over until its result
+is back, so the batch in the worker thread counts too), so execution that
+falls behind slows consensus instead of growing memory. Block h's header
+claims the state of h - pipeline_depth, so the pipeline keeps moving while
+up to pipeline_depth blocks are being applied.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ EVENTS_QUEUE_MAX = 4096
 EVENTS_PER_CYCLE_MAX = 512
 APPLY_QUEUE_MAX = 64  # committed blocks waiting for execution
 # ... and their bytes, with those being executed: at most this much, or one block of any
-# size when nothing else is there. 64 full blocks (1.5 MB each) would be 96 MB; catch-up
-# and an execution far behind keep ~20 full blocks queued, enough to fill the batches
+# size when nothing else is there. In count only, 64 full blocks (1.5 MB each) queued and
+# a batch of 32 in the worker thread were ~144 MB; ~20 full blocks fill the batches
 APPLY_QUEUE_BYTES_MAX = 32 * 1024 * 1024
 APPLY_BLOCK_OVERHEAD_BYTES = 1024  # a block's header, certificate and objects, roughly
 APPLY_BATCH_BLOCKS_MAX = 32  # blocks executed in one worker-thread call
@@ -204,9 +205,10 @@ class Driver:
     async def _hand_to_apply(self, cb: CertifiedBlock) -> None:
         """Queue `cb` for execution; waits while the queue is full in blocks or bytes."""
         size = block_bytes(cb)
-        while self.apply_queue_bytes and self.apply_queue_bytes + size > self._apply_bytes_max:
+        if self.apply_queue_bytes and self.apply_queue_bytes + size > self._apply_bytes_max:
             self.apply_queue_waits += 1
-            await self._apply_room.wait()
+            while self.apply_queue_bytes and self.apply_queue_bytes + size > self._apply_bytes_max:
+                await self._apply_room.wait()
         self.apply_queue_blocks += 1
         self.apply_queue_bytes += size
         try:
