@@ -13,10 +13,7 @@ Ablations, for finding what the compactions carry (never for figures of the node
 
 - ``--drop-prefix b/``: writes under that prefix are kept in memory, not in
   LevelDB (reads of them still work); ``\\xNN`` escapes give other bytes, e.g.
-  ``'a/smt/i/\\x00'`` for the tree's root nodes;
-- ``--kept N``: tree versions kept (`node.app.STATE_VERSIONS_KEPT`);
-- ``--upper-kept N``: versions of the tree's depths 0-3 kept
-  (`Application.upper_versions_kept`; 12 by default, 32 before stop 22);
+  ``'a/smt/n/\\x00'`` for the tree's root node;
 - ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`).
 
 Usage: ``python bench/compaction.py [--blocks 300] [--block-txs 3000] [--every 50]``
@@ -38,7 +35,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import node.app as app_module
 import storage.store as store_module
 from node import bench
 from node.app import Application
@@ -122,12 +118,8 @@ def main() -> None:
     ap.add_argument("--block-txs", type=int, default=3000)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--drop-prefix", action="append", default=[], metavar="PREFIX")
-    ap.add_argument("--kept", type=int, default=0, metavar="N")
-    ap.add_argument("--upper-kept", type=int, default=0, metavar="N")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
-    if args.kept:
-        app_module.STATE_VERSIONS_KEPT = args.kept
     for opt in args.opt:
         name, _, value = opt.partition("=")
         store_module._DB_OPTIONS[name] = ast.literal_eval(value)
@@ -142,8 +134,6 @@ def main() -> None:
         store = ChainStore.open(tmp / "db", genesis_hash=genesis.hash())
         try:
             app = Application(store, genesis)
-            if args.upper_kept:
-                app.upper_versions_kept = args.upper_kept
             builder = bench.ChainBuilder(store, app, genesis, [validator])
             db = store._db
             if args.drop_prefix:

@@ -65,27 +65,23 @@ The root of a sparse Merkle tree (storage/state_tree.py) over every state key
 (records and `gov/` entries): leaf = (sha256(state key), `value_hash(height,
 version, value)` of node/proofs.py); a deleted key leaves the tree. Root of
 height 0 (genesis) is the empty tree's. Only the keys a block writes are
-re-hashed. Tree nodes, the root reference per height (`smt/r/`) and the list
-of replaced nodes (`smt/s/`, and `smt/u/` for the internal nodes of depths
-0-3) are meta entries of the block's own commit, so tree and blocks never
-disagree. Replaced nodes are deleted `STATE_VERSIONS_KEPT` (256) heights
-later, except those of depths 0-3, deleted `upper_versions_kept` =
-2 x pipeline_depth + `UPPER_VERSIONS_MARGIN` heights later (12 with the
-default depth of 4): nearly every block rewrites them (~2,100 full 644-byte
-depth-3 nodes a block of 3,000 writes into a large tree). Kept 256 heights
-they were the largest part of what LevelDB carried down its levels; kept 12,
-most of them are deleted while still in LevelDB's memtable or its first
-level, so the compaction that merges them drops both the node and its
-deletion. Proofs are built at the newest certified state height
+re-hashed. Tree nodes (the newest tree only, each under a key that an update
+overwrites: storage/state_tree.py) and the root reference per height
+(`smt/r/`) are meta entries of the block's own commit, so tree and blocks
+never disagree. Proofs are built at the newest certified state height
 (node/proofs.py): pipeline_depth below the newest block that is not a null
-block, with at most pipeline_depth null blocks above that one; the margin
-covers blocks that commit while a proof is built. A proof against an older
-root fails once a later block has rewritten the upper nodes on its path (the
-API answers 503 `proof_unavailable`, ask again). A store pruned with a longer
-window (an older release kept them 32 heights) has lists older than the
-window: the first block after opening deletes them all. Stores written before
-`smt/u/` existed keep all of a height's replaced nodes in `smt/s/`, which the
-256-height pruning deletes as before.
+block, with at most pipeline_depth null blocks above that one. Its nodes
+may have been overwritten since, so each committed height keeps a LevelDB
+snapshot for `tree_snapshots_kept` = 2 x pipeline_depth +
+`TREE_SNAPSHOTS_MARGIN` heights (12 with the default depth of 4; the margin
+covers blocks that commit while a proof is built), and a proof reads that
+height's tree from it (`prove_state`), or from a snapshot of now when no
+block since has changed the root. Older heights, and heights from before
+the process started whose root is not the newest one, answer 503
+`proof_unavailable` (ask again: the certified height moves up within
+pipeline_depth blocks). A store whose tree was written per version (before
+stop 25) has its tree rebuilt from the current state the first time it is
+opened (`_rebuild_tree`), checked against the stored root.
 The application remembers the version and value hash of the keys the latest
 blocks wrote (`CURRENT_CACHE_KEYS` per generation, two generations, filled
 only after a block has committed): a block writing them then needs no
@@ -101,6 +97,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import struct
 import threading
 import time
@@ -131,6 +128,8 @@ from node.verify_pool import VerifyItem, verify_serial
 from storage import state_tree
 from storage.store import StateWrite, StoreError
 
+log = logging.getLogger("redwood.app")
+
 OPS = frozenset({"put", "delete"})
 RECORD_PREFIX = b"rec/"
 META_STATE_ROOT = b"app/state_root"
@@ -141,9 +140,11 @@ CURRENT_CACHE_KEYS = 65_536  # keys whose version and value hash are kept, per g
 VERIFIED_CACHE_BYTES_MAX = 64 * 1024 * 1024  # ~100,000 txs of 200-byte values
 CACHE_ENTRY_OVERHEAD_BYTES = 400  # a decoded Transaction's objects, roughly
 TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
-STATE_VERSIONS_KEPT = 256  # heights whose replaced tree nodes below depth 3 are kept
-# ... and of depths 0-3: 2 x pipeline_depth + this (`upper_versions_kept`; module docstring)
-UPPER_VERSIONS_MARGIN = 4
+# heights whose tree stays readable for proofs: 2 x pipeline_depth + this (module docstring)
+TREE_SNAPSHOTS_MARGIN = 4
+TREE_LAYOUT_KEY = b"smt/layout"  # the tree's storage layout (storage/state_tree.py)
+TREE_LAYOUT = b"position/1"
+TREE_REBUILD_KEYS = 100_000  # keys per batch when rebuilding a store's tree in this layout
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
 CLAIM_WAIT_S = 10.0
@@ -223,8 +224,6 @@ class Executed:
     versions: dict[bytes, int] | None = None
     # state key -> `pack_current(version, value hash or None if deleted)` after this block
     current: dict[bytes, bytes] | None = None
-    # this block's prune also deleted every older list of replaced upper nodes (`_prune`)
-    upper_swept: bool = False
 
 
 _VERSION_BYTES = 8
@@ -236,14 +235,14 @@ def pack_current(version: int, value_hash_: bytes | None) -> bytes:
     return packed if value_hash_ is None else packed + value_hash_
 
 
-def upper_versions_kept(pipeline_depth: int) -> int:
-    """Heights the replaced tree nodes of depths 0-3 are kept (module docstring, "State root").
+def tree_snapshots_kept(pipeline_depth: int) -> int:
+    """Heights whose state tree stays readable for proofs (module docstring, "State root").
 
     Proofs are built at the newest certified state height: pipeline_depth below
     the newest block that is not a null block, with up to pipeline_depth null
     blocks above it; the margin covers blocks that commit while a proof is built.
     """
-    return min(STATE_VERSIONS_KEPT, 2 * pipeline_depth + UPPER_VERSIONS_MARGIN)
+    return 2 * pipeline_depth + TREE_SNAPSHOTS_MARGIN
 
 
 class Store(Protocol):
@@ -253,6 +252,9 @@ class Store(Protocol):
     def has_tx(self, tx_hash: bytes) -> bool: ...
     def get_meta(self, key: bytes) -> bytes | None: ...
     def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]: ...
+    def meta_snapshot(self) -> Any: ...
+    def write_meta(self, meta: Mapping[bytes, bytes | None]) -> None: ...
+    def state_keys(self) -> Iterable[bytes]: ...
     def get_record(self, key: bytes) -> Any: ...
     def current_versions(self, keys: Iterable[bytes]) -> dict[bytes, int]: ...
     def commit_block(
@@ -322,7 +324,9 @@ class Application:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.genesis_root = genesis_state_root(genesis.hash())
-        self.tree = state_tree.StateTree(store.get_meta)
+        self.tree = state_tree.StateTree(
+            store.get_meta, keys=lambda lo, hi: store.meta_keys(lo, hi, 16)
+        )
         self.gov = self._load_gov()
         self._verify_many = verify_many
         self._cache_txs_max = verified_cache_txs_max
@@ -337,16 +341,26 @@ class Application:
         # CPU time (of the threads that ran it) spent maintaining the state tree: the
         # per-block update with its key and value hashes, pruning and `committed`
         self.state_tree_cpu_s = 0.0
-        # heights the replaced tree nodes of depths 0-3 are kept (module docstring)
-        self.upper_versions_kept = upper_versions_kept(genesis.params.pipeline_depth)
-        # whether a committed prune has deleted the lists a longer window left behind
-        self._upper_swept = False
+        # heights whose tree stays readable for proofs (module docstring)
+        self.tree_snapshots_kept = tree_snapshots_kept(genesis.params.pipeline_depth)
+        # height -> a LevelDB snapshot taken right after it committed (`prove_state`)
+        self._snapshots: dict[int, Any] = {}
         # state key -> `pack_current(version, value hash or None)` at the store's head;
         # only `apply` writes it, after the commit; two generations (module docstring).
         # One bytes an entry, not a tuple, an int and a hash: 113 bytes with its dict
         # slot, not 200 (~11 MB over two full generations; measured with tracemalloc)
         self._current: dict[bytes, bytes] = {}
         self._current_old: dict[bytes, bytes] = {}
+        layout = store.get_meta(TREE_LAYOUT_KEY)
+        if layout not in (None, TREE_LAYOUT):
+            raise StoreError(
+                f"the state tree is stored in a layout this node does not know ({layout!r}); "
+                "a newer Redwood wrote it"
+            )
+        # a new store gets the marker with its first block; an older one is rebuilt now
+        self._layout_unmarked = layout is None
+        if self._layout_unmarked and store.head_height() > 0:
+            self._rebuild_tree()
 
     # -- admission ---------------------------------------------------------------
 
@@ -584,19 +598,16 @@ class Application:
             META_TX_COUNT: _U64.pack(self.tx_count() + applied),  # a store read: not timed
         }
         started = time.thread_time()
+        for key in update.deleted:
+            meta[key] = None
         meta.update(update.puts)
         meta[state_tree.root_key(height)] = state_tree.encode_root(update.root)
-        if update.stale:
-            upper, rest = state_tree.split_stale(update.stale)
-            if upper:
-                meta[state_tree.upper_stale_key(height)] = state_tree.encode_stale(upper)
-            if rest:
-                meta[state_tree.stale_key(height)] = state_tree.encode_stale(rest)
-        swept = self._prune(height, meta)
+        if self._layout_unmarked:
+            meta[TREE_LAYOUT_KEY] = TREE_LAYOUT
         self.state_tree_cpu_s += time.thread_time() - started
         return Executed(
             writes, status, meta, root, height, hashes, applied,
-            gb.state, tuple(gb.new_epochs), update, versions, current, swept,
+            gb.state, tuple(gb.new_epochs), update, versions, current,
         )  # fmt: skip
 
     def _current_of(self, keys: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
@@ -668,37 +679,63 @@ class Application:
             current[key] = pack_current(version, vh)
         return self.tree.update(prev, changes, height, known=known_by_hash), current
 
-    def _prune(self, height: int, meta: dict[bytes, bytes | None]) -> bool:
-        """Delete the tree nodes replaced `STATE_VERSIONS_KEPT` heights ago, and those of
-        depths 0-3 replaced `upper_versions_kept` heights ago (same batch).
+    def _rebuild_tree(self) -> None:
+        """Store the tree by position, from the current state (a store written per version).
 
-        The first block after opening also deletes every older list of upper nodes:
-        a store written with a longer window (an older release kept them 32 heights)
-        leaves lists below this one that single-height pruning would never reach.
-        Returns whether it did (`apply` then stops doing it)."""
-        kept = STATE_VERSIONS_KEPT
-        upper_old = height - min(self.upper_versions_kept, kept)
-        upper = [upper_old] if upper_old >= 1 else []
-        swept = False
-        if upper and not self._upper_swept:
-            below = self.store.meta_keys(
-                state_tree.UPPER_STALE_PREFIX, state_tree.upper_stale_key(upper_old)
+        The new tree's root must be the head's stored state root before the old
+        layout's keys are deleted; an interrupted rebuild starts again at the next
+        opening (the layout marker is written last)."""
+        store = self.store
+        head = store.head_height()
+        log.warning(
+            "the state tree is stored per version (an older release): storing it by "
+            "position, once, from the current state at height %d",
+            head,
+        )
+        started = time.monotonic()
+        self._delete_meta_prefixes((state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX))
+        # 64 bytes a key (key hash, value hash): ~100 MB with Python's overhead for 1,000,000
+        pairs: list[bytes] = []
+        for skey in store.state_keys():
+            rv = store.get_record(skey)
+            if rv is not None and rv.value is not None:
+                pairs.append(
+                    state_tree.key_hash(skey) + value_hash(rv.height, rv.version, rv.value)
+                )
+        pairs.sort()
+        root: state_tree.NodeRef | None = None
+        for lo in range(0, len(pairs), TREE_REBUILD_KEYS):
+            chunk = {p[:32]: p[32:] for p in pairs[lo : lo + TREE_REBUILD_KEYS]}
+            update = self.tree.update(root, chunk, head)
+            meta: dict[bytes, bytes | None] = dict.fromkeys(update.deleted)
+            meta.update(update.puts)
+            store.write_meta(meta)
+            self.tree.committed(update)
+            root = update.root
+        got = state_tree.EMPTY_ROOT if root is None else root.hash
+        expected = store.get_meta(META_STATE_ROOT)
+        if got != expected:
+            raise StoreError(
+                f"rebuilding the state tree from the current state gave root {got.hex()}, "
+                f"but the store's state root at height {head} is "
+                f"{expected.hex() if expected else None}: the store is damaged. Run "
+                "`redwood repair --home DIR` to drop its data and sync again."
             )
-            upper = [state_tree.decode_stale_height(k) for k in below] + upper
-            swept = True
-        for stale_key, olds in (
-            (state_tree.upper_stale_key, upper),
-            (state_tree.stale_key, [height - kept]),
-        ):
-            for old in olds:
-                if old < 1:
-                    continue
-                raw = self.store.get_meta(stale_key(old))
-                if raw is not None:
-                    for key in state_tree.decode_stale(raw):
-                        meta[key] = None
-                    meta[stale_key(old)] = None
-        return swept
+        store.write_meta(
+            {state_tree.root_key(head): state_tree.encode_root(root), TREE_LAYOUT_KEY: TREE_LAYOUT}
+        )
+        self._layout_unmarked = False
+        self._delete_meta_prefixes(state_tree.LEGACY_PREFIXES)
+        log.warning(
+            "state tree stored by position: %d keys in %.1f s", len(pairs),
+            time.monotonic() - started,
+        )  # fmt: skip
+
+    def _delete_meta_prefixes(self, prefixes: Sequence[bytes]) -> None:
+        for prefix in prefixes:
+            stop = prefix[:-1] + bytes([prefix[-1] + 1])
+            while keys := self.store.meta_keys(prefix, stop, 10_000):
+                self.store.write_meta(dict.fromkeys(keys))
 
     def apply_many(
         self, cbs: Sequence[CertifiedBlock], *, verify_signatures: bool = True
@@ -730,12 +767,15 @@ class Application:
         self.forget(executed.tx_hashes)
         if executed.current:
             self._remember_current(executed.current)
-        if executed.upper_swept:
-            self._upper_swept = True
         if executed.tree_update is not None:
             started = time.thread_time()
             self.tree.committed(executed.tree_update)
             self.state_tree_cpu_s += time.thread_time() - started
+        # the tree of this height, for proofs while later blocks overwrite its nodes
+        height = cb.block.header.height
+        self._snapshots[height] = self.store.meta_snapshot()
+        self._snapshots.pop(height - self.tree_snapshots_kept, None)
+        self._layout_unmarked = False
         if executed.gov is not None:
             self.gov = executed.gov
         return executed
@@ -757,10 +797,12 @@ class Application:
             rv = self.store.get_record(governance.epoch_key(epoch))
             if rv is None or rv.height > header.state_height:
                 continue
-            proof = self.tree.prove(
-                self.root_ref_at(header.state_height),
-                state_tree.key_hash(governance.epoch_key(epoch)),
-            )
+            try:
+                proof = self.prove_state(
+                    header.state_height, state_tree.key_hash(governance.epoch_key(epoch))
+                )
+            except state_tree.TreeError:
+                continue  # that height's tree is gone (a restart): a later header carries it
             doc = epoch_change_json(
                 epoch, first, ids, rv.height, rv.version, proof, header, cb.certificate
             )
@@ -884,8 +926,28 @@ class Application:
         return state_tree.decode_root(raw)
 
     def prove_state(self, height: int, khash: bytes) -> state_tree.Proof:
-        """Merkle proof of `khash` (value or absence) in the state after `height`."""
-        return self.tree.prove(self.root_ref_at(height), khash)
+        """Merkle proof of `khash` (value or absence) in the state after `height`.
+
+        The store holds the newest tree only (by position), so the tree of an older
+        height is read from the LevelDB snapshot taken when that height committed
+        (kept `tree_snapshots_kept` heights), or from a snapshot of now when no
+        block since has changed the root. TreeError when neither is possible (a
+        height older than that, or one from before this process started)."""
+        snap = self._snapshots.get(height)
+        if snap is None:
+            snap = self.store.meta_snapshot()
+            if height != 0 and snap.get_meta(META_STATE_ROOT) != self.state_root_at(height):
+                raise state_tree.TreeError(
+                    f"the state tree of height {height} is no longer stored here"
+                )
+        raw = snap.get_meta(state_tree.root_key(height)) if height else None
+        if height and raw is None:
+            raise state_tree.TreeError(f"no state tree root for height {height}")
+        root = None if raw is None else state_tree.decode_root(raw)
+        reader = state_tree.StateTree(
+            snap.get_meta, cache_nodes_max=1, keys=lambda lo, hi: snap.meta_keys(lo, hi, 16)
+        )
+        return reader.prove(root, khash)
 
     def proposal(self, pid: int) -> governance.Proposal | None:
         rv = self.store.get_record(governance.proposal_key(pid))

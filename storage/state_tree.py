@@ -14,29 +14,38 @@ Hashes (prefixes keep leaves and internal nodes apart):
   the present children's hashes, in nibble order)
 - empty tree: `EMPTY_ROOT` = sha256(b"redwood/smt/empty/v1")
 
-Storage (versioned, never overwritten, so a proof against any recent root
-is possible while newer blocks commit): a node written at version (height) v
-lives under
+Storage: the newest tree only, each node under a key that does not change
+when the node does, so an update overwrites in place:
 
-- internal: ``smt/i/`` u8 depth, packed path nibbles, u64 v ->
-  bitmap u16, leafmask u16, child hashes 32*k, child versions u64*k
-- leaf:     ``smt/l/`` leaf hash, u64 v -> key_hash, value_hash
+- internal: ``smt/n/`` u8 depth, packed path nibbles (its position) ->
+  bitmap u16, leafmask u16, child hashes 32*k, child versions u64*k (the
+  height each child was last written: kept in the bytes, read by nothing)
+- leaf:     ``smt/k/`` key hash -> key_hash, value_hash (a leaf that moves,
+  when a new key splits its slot or its siblings go, keeps its key)
 
 and ``smt/r/`` u64 height -> the root reference after that height (empty for
-the empty tree). An update returns the node writes *and* the keys of the nodes
-it replaced (stale); the caller writes both in the block's batch and may
-delete stale nodes once no proof needs their version (node/app.py keeps
-`STATE_VERSIONS_KEPT` heights, `UPPER_VERSIONS_KEPT` for the internal nodes of
-depths below `UPPER_DEPTHS`, which `split_stale` sets apart).
+the empty tree). An update returns the node writes and the stored keys it
+removes (`Update.deleted`: a position left empty, a deleted key's leaf); the
+caller writes both in the block's batch. Nothing else is ever deleted, so
+the store holds the live tree and nothing more. An older height's tree is
+read from a LevelDB snapshot taken when it committed (node/app.py).
 
-A node an update reaches is written anew at the update's version; a leaf that
-only moves (a new key splits its slot, or its siblings go and it moves up)
-keeps its stored key, since leaves are stored by hash, not by position.
+Until stop 25 nodes were stored per version (``smt/i/``, ``smt/l/``, with
+lists of replaced nodes under ``smt/s/`` and ``smt/u/`` deleted hundreds of
+heights later): a replaced version then lived on in LevelDB, and its
+deletion too, so compactions carried ~25 times the live tree down the levels
+(`bench/compaction.py`: LevelDB's background thread 29.3 us a transaction
+over 900,000, 20.7 with this layout; live tree bytes 201 MB against 8 MB).
+`LEGACY_PREFIXES` names those keys; node/app.py rebuilds a store written
+that way once.
 
 Pure: no I/O. Nodes are read through a `get(key) -> bytes | None` callable
-(the store's meta reads). Internal nodes of depths 0-4 are cached, one slot
-per position (see `StateTree`); a stored node never changes, so a cached one
-is always right. Deeper nodes and leaves are read: per write into 1,000,000
+(the store's meta reads), and, to find a leaf whose key is not the one
+looked for (a new key splitting its slot, a proof of absence), a
+`keys(lo, hi) -> list` callable listing stored keys in a range. Internal
+nodes of depths 0-4 are cached, one slot per position (see `StateTree`),
+replaced as updates are committed, so a cached node is the stored one.
+Deeper nodes and leaves are read: per write into 1,000,000
 records, ~0.7 leaves (the updated key's own, or the one a new key splits),
 ~0.45 depth-5 nodes and ~0.2 depth-4 nodes (the ones not cached). A caller
 that knows the value hashes its keys hold may pass them (`update`'s `known`):
@@ -60,16 +69,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from consensus import codec
-
 NIBBLES = 64
 EMPTY_ROOT = hashlib.sha256(b"redwood/smt/empty/v1").digest()
-INTERNAL_PREFIX = b"smt/i/"
-LEAF_PREFIX = b"smt/l/"
+INTERNAL_PREFIX = b"smt/n/"  # same length as the legacy b"smt/i/": the cache reads key[6]
+LEAF_PREFIX = b"smt/k/"
 ROOT_PREFIX = b"smt/r/"
-STALE_PREFIX = b"smt/s/"
-UPPER_STALE_PREFIX = b"smt/u/"  # the replaced internal nodes of depths < UPPER_DEPTHS
-UPPER_DEPTHS = 4  # depths 0-3: rewritten by almost every block once the tree is large
+# the layout before stop 25 (module docstring): internal nodes and leaves per version,
+# and the lists of replaced nodes
+LEGACY_PREFIXES = (b"smt/i/", b"smt/l/", b"smt/s/", b"smt/u/")
 NODE_CACHE_MAX = 57_344  # slots: depths 0-3 (4,369 nodes) and 52,975 of the 65,536 of depth 4
 CACHE_DEPTH_MAX = 5  # the cache holds internal nodes of depths 0-4
 _UPPER_POSITIONS = 1 + 16 + 256 + 4096  # positions at depths 0-3: a slot each
@@ -99,11 +106,11 @@ class NodeRef(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """Result of `StateTree.update`: new root, node writes, replaced node keys."""
+    """Result of `StateTree.update`: new root, node writes, stored keys it removes."""
 
     root: NodeRef | None
     puts: dict[bytes, bytes]
-    stale: list[bytes]
+    deleted: list[bytes]
     # internal nodes written at the cached depths, flat: key, bytes, key, bytes, ...;
     # empty bytes for a replaced node that left no node at its position
     nodes: list[bytes] = field(default_factory=list, repr=False)
@@ -193,47 +200,18 @@ def nibble(khash: bytes, depth: int) -> int:
     return (b >> 4) if not depth & 1 else (b & 0x0F)
 
 
-def internal_key(depth: int, khash: bytes, version: int) -> bytes:
-    """Storage key of the internal node at `depth` on `khash`'s path, written at `version`."""
-    return _position(depth, khash) + _U64.pack(version)
+def internal_key(depth: int, khash: bytes) -> bytes:
+    """Storage key of the internal node at `depth` on `khash`'s path (its position)."""
+    return _position(depth, khash)
 
 
-def leaf_key(lhash: bytes, version: int) -> bytes:
-    """Storage key of the leaf of hash `lhash` written at `version`."""
-    return LEAF_PREFIX + lhash + _U64.pack(version)
+def leaf_key(khash: bytes) -> bytes:
+    """Storage key of the leaf of key hash `khash`."""
+    return LEAF_PREFIX + khash
 
 
 def root_key(height: int) -> bytes:
     return ROOT_PREFIX + _U64.pack(height)
-
-
-def stale_key(height: int) -> bytes:
-    return STALE_PREFIX + _U64.pack(height)
-
-
-def upper_stale_key(height: int) -> bytes:
-    return UPPER_STALE_PREFIX + _U64.pack(height)
-
-
-def decode_stale_height(key: bytes) -> int:
-    """The height in a `stale_key` or `upper_stale_key`; TreeError if it is not one."""
-    if len(key) != len(STALE_PREFIX) + 8 or not key.startswith((STALE_PREFIX, UPPER_STALE_PREFIX)):
-        raise TreeError(f"malformed stale list key {key!r}")
-    return int(_U64.unpack_from(key, len(STALE_PREFIX))[0])
-
-
-def split_stale(keys: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """`keys` (an update's replaced nodes) as (internal nodes of depths below
-    `UPPER_DEPTHS`, everything else), each in the given order."""
-    upper: list[bytes] = []
-    rest: list[bytes] = []
-    n = len(INTERNAL_PREFIX)
-    for key in keys:
-        if len(key) > n and key[n] < UPPER_DEPTHS and key.startswith(INTERNAL_PREFIX):
-            upper.append(key)
-        else:
-            rest.append(key)
-    return upper, rest
 
 
 def encode_root(ref: NodeRef | None) -> bytes:
@@ -249,17 +227,6 @@ def decode_root(raw: bytes) -> NodeRef | None:
         raise TreeError("malformed state tree root reference")
     kind, version, h = _ROOT.unpack(raw)
     return NodeRef(h, version, kind == 1)
-
-
-def encode_stale(keys: Sequence[bytes]) -> bytes:
-    return codec.pack(list(keys))
-
-
-def decode_stale(raw: bytes) -> list[bytes]:
-    keys = codec.unpack(raw)
-    if type(keys) is not list or any(type(k) is not bytes for k in keys):
-        raise TreeError("malformed stale node list")
-    return keys
 
 
 # -- nodes -----------------------------------------------------------------------
@@ -304,23 +271,29 @@ class StateTree:
     bytes. A position has one slot: each of the 4,369 positions of depths 0-3
     its own, the 65,536 of depth 4 share the rest (position modulo their
     number). `committed` puts each node an update wrote in its position's
-    slot, over the version it replaced, and empties the slot of a node that
-    left no successor, so the cache holds the latest tree's top without any
+    slot, over the one it replaced, and empties the slot of a node that left
+    no successor, so the cache holds the latest tree's top without any
     ordering or eviction work; a lookup is by the exact storage key, so a slot
-    holding another position or version is a miss. Deeper nodes (too many to
-    keep, each hit at random) and leaves are always read. A proof fills only
-    empty slots, so proofs of old roots never push the latest nodes out.
+    holding another position is a miss. Deeper nodes (too many to keep, each
+    hit at random) and leaves are always read. A read fills only an empty
+    slot. Only the newest tree may be read through a cache: proofs of an
+    older height use a tree of their own over a snapshot (node/app.py).
 
     Memory: about 520 B a slot at 1,000,000 records (depth-4 nodes of ~10
     children), at most ~710 B (full nodes): 21-29 MB for the default 40,960.
     """
 
     def __init__(
-        self, get: Callable[[bytes], bytes | None], *, cache_nodes_max: int = NODE_CACHE_MAX
+        self,
+        get: Callable[[bytes], bytes | None],
+        *,
+        cache_nodes_max: int = NODE_CACHE_MAX,
+        keys: Callable[[bytes, bytes], list[bytes]] | None = None,
     ) -> None:
         if cache_nodes_max < 1:
             raise ValueError("state tree: cache_nodes_max must be at least 1")
         self._get = get
+        self._keys = keys
         # slot i holds storage key + stored bytes of one internal node, or None
         self._slots: list[bytes | None] = [None] * cache_nodes_max
         self._d4_base = min(_UPPER_POSITIONS, cache_nodes_max - 1)
@@ -381,15 +354,30 @@ class StateTree:
                 self._slots[i] = key + raw
         return raw
 
-    def _leaf(self, lhash: bytes, ver8: bytes) -> tuple[bytes, bytes]:
-        raw = self._get(LEAF_PREFIX + lhash + ver8)
-        if raw is None:
-            raise TreeError(f"state tree leaf {lhash.hex()} is missing (pruned or corrupt store)")
-        if len(raw) != 64:
-            raise TreeError("malformed state tree leaf")
-        if type(raw) is not bytes:
+    def _leaf(self, lhash: bytes, khash: bytes, depth: int) -> tuple[bytes, bytes]:
+        """The leaf `lhash` in the slot at `depth` on `khash`'s path: (key hash, value hash).
+
+        Leaves are stored by key hash: `khash`'s own first, else the one key stored
+        under the slot's nibble prefix (a leaf sits at its shortest unique prefix)."""
+        raw = self._get(LEAF_PREFIX + khash)
+        if raw is not None:
+            if len(raw) != 64:
+                raise TreeError("malformed state tree leaf")
             raw = bytes(raw)
-        return raw[:32], raw[32:]
+            if _sha256(b"\x00" + raw).digest() == lhash:
+                return raw[:32], raw[32:]
+        if self._keys is not None:
+            lo, hi = _prefix_range(khash, depth)
+            for key in self._keys(LEAF_PREFIX + lo, LEAF_PREFIX + hi):
+                raw = self._get(key)
+                if raw is None:
+                    continue
+                if len(raw) != 64:
+                    raise TreeError("malformed state tree leaf")
+                raw = bytes(raw)
+                if _sha256(b"\x00" + raw).digest() == lhash:
+                    return raw[:32], raw[32:]
+        raise TreeError(f"state tree leaf {lhash.hex()} is missing (corrupt store)")
 
     def committed(self, update: Update) -> None:
         """Cache the internal nodes of an update that has been written (optional; speeds reads).
@@ -414,7 +402,7 @@ class StateTree:
         for e in self._slots:
             if e is not None:
                 depth = e[len(INTERNAL_PREFIX)]
-                n = len(INTERNAL_PREFIX) + 1 + (depth + 1) // 2 + 8
+                n = len(INTERNAL_PREFIX) + 1 + (depth + 1) // 2
                 out[e[:n]] = e[n:]
         return out
 
@@ -428,17 +416,23 @@ class StateTree:
         return None
 
     def prove(self, root: NodeRef | None, khash: bytes) -> Proof:
-        """Proof of `khash`'s value or absence under `root`."""
+        """Proof of `khash`'s value or absence under `root`.
+
+        Each node read must hash to what its parent (or `root`) says: TreeError when
+        the store holds another tree than `root`'s (nodes are overwritten in place, so
+        an older root is provable only from the store as it was then)."""
         if root is None:
             return Proof((), None)
         levels: list[tuple[int, tuple[bytes, ...]]] = []
-        lhash, ver8, is_leaf = root.hash, _U64.pack(root.version), root.is_leaf
+        lhash, is_leaf = root.hash, root.is_leaf
         depth = 0
         while not is_leaf:
             if depth >= NIBBLES:
                 raise TreeError("state tree path longer than 64 nibbles (corrupt store)")
-            raw = self._internal(_position(depth, khash) + ver8)
+            raw = self._internal(_position(depth, khash))
             bitmap, leafmask, vbase = _node_parts(raw)
+            if _sha256(b"\x01" + raw[:2] + raw[4:vbase]).digest() != lhash:
+                raise TreeError(f"the stored state tree is not the one of root {root.hash.hex()}")
             hashes = [raw[off : off + 32] for off in range(4, vbase, 32)]
             bit = 1 << nibble(khash, depth)
             if not bitmap & bit:  # empty slot: list every child
@@ -447,9 +441,9 @@ class StateTree:
             j = (bitmap & (bit - 1)).bit_count()
             lhash = hashes.pop(j)
             levels.append((bitmap, tuple(hashes)))
-            ver8, is_leaf = raw[vbase + 8 * j : vbase + 8 * j + 8], bool(leafmask & bit)
+            is_leaf = bool(leafmask & bit)
             depth += 1
-        return Proof(tuple(levels), self._leaf(lhash, ver8))
+        return Proof(tuple(levels), self._leaf(lhash, khash, depth))
 
     # -- updates ----------------------------------------------------------------------
 
@@ -463,7 +457,7 @@ class StateTree:
     ) -> Update:
         """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`.
 
-        `version` must be above every version in the tree (the block height).
+        `version` (the block height) goes into the written nodes' child versions.
         `known` (optional) maps key hashes to the value hashes the caller
         believes they hold under `root`: a key whose leaf hash in the tree is
         `leaf_hash(key, known value)` is known to be that leaf, which is then
@@ -499,7 +493,10 @@ class StateTree:
             new_root = None
         else:
             new_root = NodeRef(new[0], _U64.unpack(new[1])[0], new[2])
-        return Update(new_root, batch.puts, batch.stale, batch.nodes)
+        puts = batch.puts
+        # a replaced node is overwritten at its key, unless its position was left empty
+        deleted = [key for key in dict.fromkeys(batch.stale) if key not in puts]
+        return Update(new_root, puts, deleted, batch.nodes)
 
 
 class _Batch:
@@ -507,10 +504,12 @@ class _Batch:
 
     Each walk returns the slot's new child reference, None when the slot is
     unchanged, or `_GONE` when it became empty; it records the node writes in
-    `puts`, the replaced nodes in `stale`, and the internal nodes written at
-    the cached depths in `nodes` (for `StateTree.committed`). A leaf that only
-    moves (a new key splits its slot, or its siblings go and it moves up) is
-    not rewritten: leaves are stored by hash and version, not by position.
+    `puts`, the keys of the nodes it replaced in `stale` (most are
+    overwritten by a put; `update` deletes the rest), and the internal nodes
+    written at the cached depths in `nodes` (for `StateTree.committed`). A
+    leaf that only moves (a new key splits its slot, or its siblings go and
+    it moves up) is not rewritten: leaves are stored by key hash, not by
+    position.
 
     Below the top levels most nodes lie on one changed key's path only: `down`
     follows such a path and, on the way back up, re-encodes each node by
@@ -546,7 +545,7 @@ class _Batch:
 
     def node(self, pos: bytes, depth: int, ver8: bytes, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) under the internal node at `pos` (version `ver8`)."""
-        key = pos + ver8
+        key = pos
         e = self.slots[self.tree._slot(depth, self.keys[lo])] if depth < CACHE_DEPTH_MAX else None
         raw = e[len(key) :] if e and e.startswith(key) else self.tree._read_internal(key)
         bitmap = raw[0] << 8 | raw[1]
@@ -623,7 +622,7 @@ class _Batch:
         else:
             pos = _POS_HEAD[depth] + k[:bi]
             bit = 1 << (b >> 4)
-        key = pos + ver8
+        key = pos
         if depth == 4:  # the cached depth below the levels keys share
             e = self.slots[self.d4_base + (k[0] << 8 | k[1]) % self.d4_mod]
         elif depth < 4:
@@ -644,23 +643,22 @@ class _Batch:
             kv = k + v
             h = _sha256(b"\x00" + kv).digest()
             ver8 = self.ver8
-            self.puts[LEAF_PREFIX + h + ver8] = kv
+            self.puts[LEAF_PREFIX + k] = kv
             head = _U16.pack(bitmap | bit) + _U16.pack((raw[2] << 8 | raw[3]) | bit)
             hpart = raw[4:o] + h + raw[o:vbase]
             out = head + hpart + raw[vbase:vo] + ver8 + raw[vo:]
-            key = pos + ver8
             self.puts[key] = out
             if depth < CACHE_DEPTH_MAX:
                 self.nodes += (key, out)
             return _sha256(b"\x01" + head[:2] + hpart).digest(), ver8, False
         if (raw[2] << 8 | raw[3]) & bit:
             lhash, lver8 = raw[o : o + 32], raw[vo : vo + 8]
-            lkey = LEAF_PREFIX + lhash + lver8
             ov = self.known.get(k)
             if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
                 lraw = k + ov  # the key's own leaf, known without reading it
             else:
-                lraw = self.leaf_bytes(lkey)
+                lraw = b"".join(self.tree._leaf(lhash, k, depth + 1))
+            lkey = LEAF_PREFIX + lraw[:32]
             v = self.vals[t]
             if lraw.startswith(k):  # the key's own leaf
                 if v is None:
@@ -672,7 +670,7 @@ class _Batch:
                     self.stale.append(lkey)
                     kv = k + v
                     h = _sha256(b"\x00" + kv).digest()
-                    self.puts[LEAF_PREFIX + h + self.ver8] = kv
+                    self.puts[lkey] = kv
                     new = h, self.ver8, True
             elif v is None:
                 return None  # deleting an absent key
@@ -690,7 +688,6 @@ class _Batch:
         # the common case: splice the child's new hash and version into the stored bytes
         h, ver8 = new[0], self.ver8
         out = raw[:o] + h + raw[o + 32 : vo] + new[1] + raw[vo + 8 :]
-        key = pos + ver8
         self.puts[key] = out
         if depth < CACHE_DEPTH_MAX:
             self.nodes += (key, out)
@@ -724,7 +721,7 @@ class _Batch:
             return self.vanish(depth, new)
         elif new[2] == bool(leafmask & bit):  # same kind of child: splice in place
             out = b"".join((raw[:o], new[0], raw[o + 32 : vo], new[1], raw[vo + 8 :]))
-            key = pos + self.ver8
+            key = pos
             self.puts[key] = out
             if depth < CACHE_DEPTH_MAX:
                 self.nodes += (key, out)
@@ -751,7 +748,7 @@ class _Batch:
         """Store an internal node (its children's hashes and versions, each joined)."""
         bm = _U16.pack(bitmap)
         out = b"".join((bm, _U16.pack(leafmask), hpart, vpart))
-        key = pos + self.ver8
+        key = pos
         self.puts[key] = out
         if depth < CACHE_DEPTH_MAX:
             self.nodes += (key, out)
@@ -772,7 +769,7 @@ class _Batch:
                 leafmask = leafmask | bit if c[2] else leafmask & ~bit
             _U16.pack_into(buf, 2, leafmask)
             out = bytes(buf)
-            key = pos + self.ver8
+            key = pos
             self.puts[key] = out
             if depth < CACHE_DEPTH_MAX:
                 self.nodes += (key, out)
@@ -808,7 +805,7 @@ class _Batch:
     def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:
         kv = khash + vhash
         h = _sha256(b"\x00" + kv).digest()
-        self.puts[LEAF_PREFIX + h + self.ver8] = kv
+        self.puts[LEAF_PREFIX + khash] = kv
         return h, self.ver8, True
 
     def empty_slot(self, depth: int, lo: int, hi: int) -> Any:
@@ -825,12 +822,12 @@ class _Batch:
 
     def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
         """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
-        key = LEAF_PREFIX + lhash + lver8
         ov = self.known.get(k)
         if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
             raw = k + ov
         else:
-            raw = self.leaf_bytes(key)
+            raw = b"".join(self.tree._leaf(lhash, k, depth))
+        key = LEAF_PREFIX + raw[:32]
         if raw.startswith(k):
             if raw[32:] == v:
                 return None
@@ -883,7 +880,7 @@ class _Batch:
 
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
-        lkey, lval = self.tree._leaf(lhash, lver8)
+        lkey, lval = self.tree._leaf(lhash, self.keys[lo], depth)
         keys, vals = self.keys, self.vals
         refs: list[tuple[bytes, _Ref]] = []
         kept = True  # the old leaf stays as it is
@@ -908,7 +905,7 @@ class _Batch:
         if kept and len(refs) == 1:
             return None
         if not kept:
-            self.stale.append(LEAF_PREFIX + lhash + lver8)
+            self.stale.append(LEAF_PREFIX + lkey)
         if not refs:
             return _GONE
         return refs[0][1] if len(refs) == 1 else self.build(depth, refs)
@@ -937,6 +934,20 @@ class _Batch:
             i = j
         pos = _position(depth, refs[0][0])
         return self.put_node(pos, depth, bitmap, leafmask, b"".join(hashes), b"".join(versions))
+
+
+def _prefix_range(khash: bytes, depth: int) -> tuple[bytes, bytes]:
+    """[lo, hi): the 32-byte key hashes sharing `khash`'s first `depth` nibbles."""
+    nbytes = (depth + 1) // 2
+    v = int.from_bytes(khash[:nbytes], "big")
+    step = 1
+    if depth & 1:
+        v &= ~15
+        step = 16
+    lo = v.to_bytes(nbytes, "big")
+    if v + step >= 1 << (8 * nbytes):
+        return lo, b"\xff" * 33  # past every 32-byte key
+    return lo, (v + step).to_bytes(nbytes, "big")
 
 
 def _group_end(keys: list[bytes], j: int, hi: int, bi: int, limit: int) -> int:

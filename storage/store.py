@@ -52,7 +52,10 @@ a transaction over 900,000 transactions; docs/performance.md, stop 21).
 `get_record` reads three entries (current, version, value) instead of two.
 Format 1 stores hold only kinds 0 and 1, which this format reads as before;
 opening one marks it format 2, so that an older node refuses it with a clear
-"unknown format" rather than take a kind-2 entry for corruption.
+"unknown format" rather than take a kind-2 entry for corruption. Format 3
+changes nothing here: its application meta may hold the state tree stored by
+position (storage/state_tree.py), which a node reading formats 1-2 would take
+for a damaged tree, so opening an older store marks it 3 as well.
 
 The replica journals each prepared certificate with its whole block before it
 votes COMMIT, and deletes it only at the next stable checkpoint (64-128 heights
@@ -101,7 +104,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import plyvel
 
@@ -110,8 +113,10 @@ from consensus.codec import DecodeError
 from consensus.types import Block, CertifiedBlock, tx_hash
 from storage import leveldb_reads
 
-FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1 is format 2 without kind-2 versions (module docstring)
+FORMAT = 3
+# format 1 is format 2 without kind-2 versions; format 3 is format 2 whose application
+# meta may hold a state tree stored by position (module docstring)
+READABLE_FORMATS = (1, 2, 3)
 INLINE_VALUE_MAX = 32  # longer state values are stored apart from their version entry
 HASH_BYTES = 32
 HEAD_CHECK_BLOCKS = 32
@@ -612,6 +617,56 @@ class ChainStore:
         return value
 
     @_leveldb_errors
+    def meta_snapshot(self) -> MetaSnapshot:
+        """The meta entries as they are now, unchanged by later writes (a LevelDB snapshot).
+
+        Released when the last reference goes (never explicitly, so a reader on
+        another thread cannot have it released under it)."""
+        return MetaSnapshot(self, self._db.snapshot())
+
+    @_leveldb_errors
+    def write_meta(self, meta: Mapping[bytes, bytes | None]) -> None:
+        """Write meta entries (None deletes) in one synced batch, outside any block.
+
+        For one-off work of the application between blocks (rebuilding its state
+        tree in a newer layout); a block's own meta goes in `commit_block`."""
+        entries = _meta_entries(meta)
+        with self._write_lock, self._db.write_batch(transaction=True, sync=True) as wb:
+            for key, value in entries:
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+
+    def state_keys(self, batch: int = 10_000) -> Iterator[bytes]:
+        """Every state key that has a current entry (deleted ones too), in key order.
+
+        Reads `batch` keys at a time, each batch from a fresh iterator."""
+        start = _STATE
+        stop = _STATE[:-1] + bytes([_STATE[-1] + 1])
+        first = True
+        while True:
+            keys = self._state_key_batch(start, stop, batch, include_start=first)
+            yield from keys
+            if len(keys) < batch:
+                return
+            start, first = _STATE + keys[-1], False
+
+    @_leveldb_errors
+    def _state_key_batch(
+        self, start: bytes, stop: bytes, limit: int, *, include_start: bool
+    ) -> list[bytes]:
+        out: list[bytes] = []
+        with self._db.iterator(
+            start=start, stop=stop, include_start=include_start, include_value=False
+        ) as it:
+            for key in it:
+                out.append(key[len(_STATE) :])
+                if len(out) >= limit:
+                    break
+        return out
+
+    @_leveldb_errors
     def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
         """The meta keys in [start, stop), in order, at most `limit` (values not read)."""
         out: list[bytes] = []
@@ -949,6 +1004,35 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
         # an older format this one reads: from now on the store may hold what it cannot
         db.put(_FORMAT_KEY, _U32.pack(FORMAT), sync=True)
     return stored
+
+
+class MetaSnapshot:
+    """Reads of the meta entries at one moment (`ChainStore.meta_snapshot`)."""
+
+    def __init__(self, store: ChainStore, snapshot: Any) -> None:
+        self._store = store
+        self._snapshot = snapshot
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self._snapshot.get(_META + bytes(key))
+        except (plyvel.CorruptionError, plyvel.IOError, RuntimeError) as exc:
+            raise StoreError(f"chain store {self._store.path}: reading a snapshot: {exc}") from None
+        return value
+
+    def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
+        out: list[bytes] = []
+        try:
+            with self._snapshot.iterator(
+                start=_META + bytes(start), stop=_META + bytes(stop), include_value=False
+            ) as it:
+                for key in it:
+                    out.append(key[len(_META) :])
+                    if len(out) >= limit:
+                        break
+        except (plyvel.CorruptionError, plyvel.IOError, RuntimeError) as exc:
+            raise StoreError(f"chain store {self._store.path}: reading a snapshot: {exc}") from None
+        return out
 
 
 def _meta_entries(meta: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:

@@ -91,6 +91,18 @@ class FakeStore:
         keys = sorted(k for k, v in self.meta.items() if v is not None and start <= k < stop)
         return keys[:limit]
 
+    def meta_snapshot(self) -> FakeStore:
+        """A frozen copy of the meta entries (reads only)."""
+        snap = FakeStore(self.genesis_hash)
+        snap.meta = dict(self.meta)
+        return snap
+
+    def write_meta(self, meta: Mapping[bytes, bytes | None]) -> None:
+        self.meta.update(meta)  # type: ignore[arg-type]  # None reads as absent
+
+    def state_keys(self) -> list[bytes]:
+        return sorted(self.state)
+
     def get_block(self, height: int) -> CertifiedBlock | None:
         return self.blocks[height - 1] if 1 <= height <= len(self.blocks) else None
 

@@ -368,161 +368,164 @@ def _rewrite_meta(chain: ProofChain, entries: dict[bytes, bytes | None]) -> None
             db.put(b"a/" + key, value)
 
 
-def test_replaced_upper_tree_nodes_are_pruned_sooner(
-    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Depths 0-3 are rewritten by nearly every block: their replaced versions go after
-    `upper_versions_kept` heights, the deeper ones after STATE_VERSIONS_KEPT, and a stale
-    list written before the split (everything in `smt/s/`) still goes whole."""
-    from node import app as app_module
+def _tree_keys(chain: ProofChain) -> set[bytes]:
     from storage import state_tree
 
-    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 8)
-    chain.app.upper_versions_kept = 3
-    chain.commit([chain.tx(0, "put", f"seed/{i}", "x") for i in range(40)])  # a tree with depth
-    first = chain.store.head_height() + 1
-    chain.commit([chain.tx(0, "put", f"seed/{i}", "y") for i in range(40)])  # replaces them all
-    upper = state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(first)))
-    rest = state_tree.decode_stale(chain.store.get_meta(state_tree.stale_key(first)))
-    assert upper and rest
-    assert all(k.startswith(state_tree.INTERNAL_PREFIX) and k[6] < 4 for k in upper)
-    assert not any(k.startswith(state_tree.INTERNAL_PREFIX) and k[6] < 4 for k in rest)
-    # a pre-split store's list for a later height: upper keys in `smt/s/`, no `smt/u/`
-    legacy_height = first + 1
-    legacy_key = state_tree.INTERNAL_PREFIX + b"\x00" + b"\xff" * 8  # no real node needed
-    chain.commit([chain.tx(0, "put", "seed/0", "z")])
-    legacy = state_tree.decode_stale(chain.store.get_meta(state_tree.stale_key(legacy_height)))
-    u = state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(legacy_height)))
-    _rewrite_meta(
-        chain,
-        {
-            state_tree.stale_key(legacy_height): state_tree.encode_stale([*u, *legacy, legacy_key]),
-            state_tree.upper_stale_key(legacy_height): None,
-            legacy_key: b"x",
-        },
-    )
-    chain.advance(3)  # first + 3: the upper list of `first` is due
-    assert chain.store.get_meta(state_tree.upper_stale_key(first)) is None
-    assert all(chain.store.get_meta(k) is None for k in upper)
-    assert chain.store.get_meta(state_tree.stale_key(first)) is not None
-    assert all(chain.store.get_meta(k) is not None for k in rest)
-    assert chain.store.get_meta(legacy_key) == b"x"  # legacy: waits for the full period
-    chain.advance(6)  # past first + 8 and legacy_height + 8
-    assert chain.store.get_meta(state_tree.stale_key(first)) is None
-    assert all(chain.store.get_meta(k) is None for k in rest)
-    assert chain.store.get_meta(legacy_key) is None
-    assert chain.store.get_meta(state_tree.stale_key(legacy_height)) is None
-    head = chain.store.head_height()
-    khash = state_tree.key_hash(record_state_key("agency0", b"seed/3"))
-    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
-    proof = fresh.prove_state(head, khash)
-    assert state_tree.verify(fresh.state_root_at(head), khash, proof.leaf[1], proof)
-    verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"seed/3"), chain.genesis)
+    out: set[bytes] = set()
+    for prefix in (state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX):
+        stop = prefix[:-1] + bytes([prefix[-1] + 1])
+        out.update(chain.store.meta_keys(prefix, stop))
+    return out
 
 
-def test_the_upper_window_follows_the_pipeline_depth() -> None:
+def _fresh_tree_keys(chain: ProofChain) -> set[bytes]:
+    """The node keys of a tree built at once from the store's current state."""
+    from node.proofs import value_hash
+    from storage import state_tree
+
+    changes: dict[bytes, bytes | None] = {}
+    for skey in chain.store.state_keys():
+        rv = chain.store.get_record(skey)
+        if rv is not None and rv.value is not None:
+            changes[state_tree.key_hash(skey)] = value_hash(rv.height, rv.version, rv.value)
+    db: dict[bytes, bytes] = {}
+    up = state_tree.StateTree(db.get).update(None, changes, 1)
+    assert up.root_hash == chain.app.state_root()
+    return set(up.puts)
+
+
+def test_the_store_holds_the_live_tree_and_nothing_else(chain: ProofChain) -> None:
+    """Updates overwrite nodes in place and delete what the tree left: no versions pile up."""
+    from storage import state_tree
+
+    for round_ in range(6):
+        chain.commit([chain.tx(0, "put", f"w/{i}", f"v{round_}") for i in range(40)])
+        chain.commit([chain.tx(0, "delete", f"w/{i}") for i in range(round_, 40, 7)])
+        assert _tree_keys(chain) == _fresh_tree_keys(chain)
+    for prefix in state_tree.LEGACY_PREFIXES:
+        assert chain.store.meta_keys(prefix, prefix + b"\xff") == []
+
+
+def test_the_snapshot_window_follows_the_pipeline_depth() -> None:
     """Proofs are built pipeline_depth below the newest non-null block, which may have
     pipeline_depth null blocks above it: the window covers both, plus the margin."""
     from node import app as app_module
 
-    assert app_module.upper_versions_kept(4) == 12
-    assert app_module.upper_versions_kept(1) == 2 + app_module.UPPER_VERSIONS_MARGIN
-    assert app_module.upper_versions_kept(64) == 132
-    assert app_module.upper_versions_kept(200) == app_module.STATE_VERSIONS_KEPT
+    assert app_module.tree_snapshots_kept(4) == 12
+    assert app_module.tree_snapshots_kept(1) == 2 + app_module.TREE_SNAPSHOTS_MARGIN
+    assert app_module.tree_snapshots_kept(64) == 132
 
 
-def test_upper_lists_a_longer_window_left_go_with_the_first_block(
-    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store pruned with a longer window (an older release kept the upper nodes 32
-    heights) holds lists below the new window, which single-height pruning never
-    reaches: the first block after opening deletes them all, nodes included, and
-    only them; later blocks prune one height each; proofs still verify."""
+def test_older_heights_are_provable_within_the_window_only(chain: ProofChain) -> None:
+    """Each committed height keeps a snapshot for `tree_snapshots_kept` heights; after a
+    restart, only heights whose root is still the newest are provable."""
     from node import app as app_module
     from storage import state_tree
 
-    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 64)
-    chain.app.upper_versions_kept = 10  # the "older release"
-    for round_ in range(8):  # every block replaces the upper nodes of the one before
-        chain.commit([chain.tx(0, "put", f"w/{i}", f"v{round_}") for i in range(30)])
+    chain.app.tree_snapshots_kept = 4
+    start = chain.store.head_height()
+    for i in range(7):
+        chain.commit([chain.tx(0, "put", "permit/1", f"v{i}")])
     head = chain.store.head_height()
-    lists = chain.store.meta_keys(
-        state_tree.UPPER_STALE_PREFIX, state_tree.upper_stale_key(head + 1)
+    khash = state_tree.key_hash(record_state_key("agency0", b"permit/1"))
+    for h in range(head - 3, head + 1):  # in the window: each height's own tree
+        proof = chain.app.prove_state(h, khash)
+        assert state_tree.verify(chain.app.state_root_at(h), khash, proof.leaf[1], proof)
+    with pytest.raises(state_tree.TreeError, match="no longer stored"):
+        chain.app.prove_state(head - 4, khash)
+    restarted = app_module.Application(chain.store, chain.genesis)
+    proof = restarted.prove_state(head, khash)
+    assert state_tree.verify(restarted.state_root_at(head), khash, proof.leaf[1], proof)
+    with pytest.raises(state_tree.TreeError, match="no longer stored"):
+        restarted.prove_state(start + 1, khash)
+    chain.app = restarted
+    chain.advance(5)  # empty blocks: the certified height's root is the newest one
+    verify_bundle(
+        build_record_bundle(chain.store, chain.app, "agency0", b"permit/1"), chain.genesis
     )
-    heights = [state_tree.decode_stale_height(k) for k in lists]
-    assert len(heights) >= 7 and min(heights) <= head - 6
-    nodes = {
-        h: state_tree.decode_stale(chain.store.get_meta(state_tree.upper_stale_key(h)))
-        for h in heights
-    }
-    assert all(chain.store.get_meta(k) is not None for ks in nodes.values() for k in ks)
-
-    reopened = app_module.Application(chain.store, chain.genesis)
-    reopened.upper_versions_kept = 3
-    chain.app = reopened
-    chain.commit([chain.tx(0, "put", "w/0", "again")])  # head + 1 prunes through head - 2
-    gone = [h for h in heights if h <= head - 2]
-    kept = [h for h in heights if h > head - 2]
-    assert gone and kept
-    for h in gone:
-        assert chain.store.get_meta(state_tree.upper_stale_key(h)) is None
-        assert all(chain.store.get_meta(k) is None for k in nodes[h])
-    for h in kept:
-        assert chain.store.get_meta(state_tree.upper_stale_key(h)) is not None
-        assert all(chain.store.get_meta(k) is not None for k in nodes[h])
-    chain.commit([chain.tx(0, "put", "w/1", "again")])  # one height more, not a sweep
-    assert chain.store.get_meta(state_tree.upper_stale_key(head - 1)) is None
-    assert chain.store.get_meta(state_tree.upper_stale_key(head)) is not None
-    chain.advance(3)
-    verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"w/5"), chain.genesis)
-
-
-def test_a_stale_list_key_is_parsed_or_refused() -> None:
-    from storage import state_tree
-
-    assert state_tree.decode_stale_height(state_tree.upper_stale_key(7)) == 7
-    assert state_tree.decode_stale_height(state_tree.stale_key(2**64 - 1)) == 2**64 - 1
-    for bad in (b"smt/u/" + b"\0" * 7, b"smt/r/" + b"\0" * 8, b"smt/u/" + b"\0" * 9):
-        with pytest.raises(state_tree.TreeError, match="malformed stale list key"):
-            state_tree.decode_stale_height(bad)
 
 
 def test_a_record_bundle_whose_tree_nodes_are_gone_is_unavailable(chain: ProofChain) -> None:
-    """A proof request that loses a race with pruning gets 503 `proof_unavailable`
-    (ask again), not a server error."""
+    """A proof whose tree cannot be read (here: its root node deleted behind the store's
+    back) gets 503 `proof_unavailable` (ask again), not a server error."""
     from node import app as app_module
     from node.proofs import ProofUnavailable
 
     chain.commit([chain.tx(0, "put", f"gone/{i}", "x") for i in range(5)])
     chain.advance(5)
     db = chain.store._db
-    for key in list(db.iterator(prefix=b"a/smt/i/\x00", include_value=False)):
-        db.delete(key)  # every stored root node: what pruning removes
-    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
+    for key in list(db.iterator(prefix=b"a/smt/n/\x00", include_value=False)):
+        db.delete(key)  # the stored root node
+    fresh = app_module.Application(chain.store, chain.genesis)
     with pytest.raises(ProofUnavailable, match="no longer stored"):
         build_record_bundle(chain.store, fresh, "agency0", b"gone/1")
 
 
-def test_replaced_tree_nodes_are_pruned_after_the_kept_versions(
-    chain: ProofChain, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _to_legacy_layout(chain: ProofChain) -> set[bytes]:
+    """Make the store look written by a release that stored the tree per version: no
+    layout marker, no nodes by position, some per-version keys. Returns those keys."""
     from node import app as app_module
     from storage import state_tree
 
-    monkeypatch.setattr(app_module, "STATE_VERSIONS_KEPT", 3)
-    start = chain.store.head_height()
-    for i in range(6):
-        chain.commit([chain.tx(0, "put", "permit/1", f"v{i}")])
-    stale_at = start + 1  # replaced by the first of these blocks, pruned 3 heights later
-    assert chain.store.get_meta(state_tree.stale_key(stale_at)) is None
-    fresh = app_module.Application(chain.store, chain.genesis)  # no cache: reads the store
-    head = chain.store.head_height()
-    khash = state_tree.key_hash(record_state_key("agency0", b"permit/1"))
-    proof = fresh.prove_state(head, khash)
-    assert state_tree.verify(fresh.state_root_at(head), khash, proof.leaf[1], proof)
-    with pytest.raises(state_tree.TreeError):
-        fresh.prove_state(start, khash)  # that version's nodes are gone
-    chain.advance(2)
-    verify_bundle(
-        build_record_bundle(chain.store, chain.app, "agency0", b"permit/1"), chain.genesis
-    )
+    legacy = {
+        b"smt/i/\x00" + b"\x01" * 8: b"node",
+        b"smt/l/" + b"\x02" * 40: b"leaf",
+        b"smt/s/" + b"\x00" * 8: b"list",
+        b"smt/u/" + b"\x00" * 8: b"list",
+    }
+    entries: dict[bytes, bytes | None] = {k: None for k in _tree_keys(chain)}
+    entries[app_module.TREE_LAYOUT_KEY] = None
+    entries.update(legacy)
+    _rewrite_meta(chain, entries)
+    assert _tree_keys(chain) == set()
+    assert all(key.startswith(state_tree.LEGACY_PREFIXES) for key in legacy)
+    return set(legacy)
+
+
+def test_a_store_with_the_per_version_tree_is_rebuilt_once(chain: ProofChain) -> None:
+    from node import app as app_module
+
+    for round_ in range(3):
+        chain.commit([chain.tx(0, "put", f"old/{i}", f"v{round_}") for i in range(60)])
+    chain.commit([chain.tx(0, "delete", f"old/{i}") for i in range(0, 60, 5)])
+    chain.advance(4)
+    before = _tree_keys(chain)
+    legacy = _to_legacy_layout(chain)
+    rebuilt = app_module.Application(chain.store, chain.genesis)
+    assert chain.store.get_meta(app_module.TREE_LAYOUT_KEY) == app_module.TREE_LAYOUT
+    assert _tree_keys(chain) == before
+    assert all(chain.store.get_meta(k) is None for k in legacy)
+    chain.app = rebuilt
+    verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"old/7"), chain.genesis)
+    chain.commit([chain.tx(0, "put", "old/7", "after")])
+    chain.advance(4)
+    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"old/7")
+    assert bytes.fromhex(bundle["value"]) == b"after"
+    verify_bundle(bundle, chain.genesis)
+    again = app_module.Application(chain.store, chain.genesis)  # marked: nothing rebuilt
+    assert _tree_keys(chain) == _fresh_tree_keys(chain)
+    assert again.state_root() == chain.app.state_root()
+
+
+def test_a_rebuild_that_disagrees_with_the_stored_root_refuses_the_store(
+    chain: ProofChain,
+) -> None:
+    from node import app as app_module
+    from storage.store import StoreError
+
+    chain.commit([chain.tx(0, "put", f"old/{i}", "x") for i in range(20)])
+    _to_legacy_layout(chain)
+    _rewrite_meta(chain, {app_module.META_STATE_ROOT: b"\x07" * 32})  # damaged
+    with pytest.raises(StoreError, match="store is damaged"):
+        app_module.Application(chain.store, chain.genesis)
+    assert chain.store.get_meta(app_module.TREE_LAYOUT_KEY) is None  # tried again next time
+
+
+def test_a_tree_layout_this_node_does_not_know_is_refused(chain: ProofChain) -> None:
+    from node import app as app_module
+    from storage.store import StoreError
+
+    chain.commit([chain.tx(0, "put", "k", "x")])
+    _rewrite_meta(chain, {app_module.TREE_LAYOUT_KEY: b"hashed/9"})
+    with pytest.raises(StoreError, match="layout this node does not know"):
+        app_module.Application(chain.store, chain.genesis)

@@ -1,4 +1,5 @@
-"""The sparse Merkle state tree: history independence, proofs of inclusion and absence, versions."""
+"""The sparse Merkle state tree: history independence, proofs of inclusion and absence, and a
+store that holds the live tree and nothing else (nodes by position, leaves by key hash)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from storage.state_tree import (
     NodeRef,
     Proof,
     StateTree,
+    TreeError,
     Update,
     decode_root,
     encode_root,
@@ -33,24 +35,45 @@ def vh(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
+def keys_of(db: dict[bytes, bytes]) -> Callable[[bytes, bytes], list[bytes]]:
+    """The `keys` look-up of a StateTree over a dict, as the store's `meta_keys` gives it."""
+    return lambda lo, hi: sorted(k for k in db if lo <= k < hi)[:16]
+
+
+def write(db: dict[bytes, bytes], up: Update) -> None:
+    """What the node's batch does with an update: its deletes, then its puts."""
+    for key in up.deleted:
+        assert key in db, "an update deletes only what is stored"
+        del db[key]
+    db.update(up.puts)
+
+
 class Backend:
-    def __init__(self) -> None:
+    def __init__(self, cache_nodes_max: int = 50) -> None:
         self.db: dict[bytes, bytes] = {}
-        self.tree = StateTree(self.db.get, cache_nodes_max=50)
+        self.tree = StateTree(self.db.get, cache_nodes_max=cache_nodes_max, keys=keys_of(self.db))
         self.root: NodeRef | None = None
         self.version = 0
 
     def apply(self, changes: dict[bytes, bytes | None]) -> Update:
         self.version += 1
         up = self.tree.update(self.root, changes, self.version)
-        self.db.update(up.puts)
+        write(self.db, up)
+        self.tree.committed(up)
         self.root = up.root
         return up
 
 
-def fresh_root(state: dict[bytes, bytes]) -> bytes:
+def fresh(state: dict[bytes, bytes]) -> Backend:
     b = Backend()
-    return b.apply(dict(state)).root_hash if state else EMPTY_ROOT
+    if state:
+        b.apply(dict(state))
+    return b
+
+
+def fresh_root(state: dict[bytes, bytes]) -> bytes:
+    b = fresh(state)
+    return EMPTY_ROOT if b.root is None else b.root.hash
 
 
 def test_empty_tree_proves_absence() -> None:
@@ -78,15 +101,20 @@ def test_single_and_many_keys_prove_inclusion_and_absence() -> None:
         assert not verify(root, k, vh(b"x"), p)
 
 
-def test_old_versions_stay_provable() -> None:
+def test_an_older_tree_is_provable_from_a_copy_of_its_store_only() -> None:
+    """Updates overwrite nodes in place: an older root is read from the store as it was
+    (the node keeps a LevelDB snapshot per recent height), never from the live one."""
     b = Backend()
     k = key_hash(b"a")
     b.apply({k: vh(b"1"), key_hash(b"b"): vh(b"2")})
-    old_root = b.root
+    old_root, old_db = b.root, dict(b.db)
     b.apply({k: vh(b"3")})
-    assert verify(old_root.hash, k, vh(b"1"), b.tree.prove(old_root, k))
+    assert old_root is not None and b.root is not None and old_root.hash != b.root.hash
+    old = StateTree(old_db.get, keys=keys_of(old_db))
+    assert verify(old_root.hash, k, vh(b"1"), old.prove(old_root, k))
     assert verify(b.root.hash, k, vh(b"3"), b.tree.prove(b.root, k))
-    assert old_root.hash != b.root.hash
+    with pytest.raises(TreeError):  # the live store no longer holds the old tree
+        StateTree(b.db.get, keys=keys_of(b.db)).prove(old_root, k)
 
 
 def test_root_reference_round_trips() -> None:
@@ -116,7 +144,6 @@ ops = st.lists(
 def test_root_depends_only_on_contents(batches: list[list[tuple[int, bytes | None]]]) -> None:
     b = Backend()
     state: dict[bytes, bytes] = {}
-    stale_seen: set[bytes] = set()
     for batch in batches:
         changes = {key_hash(str(k).encode()): (None if v is None else vh(v)) for k, v in batch}
         up = b.apply(changes)
@@ -126,10 +153,9 @@ def test_root_depends_only_on_contents(batches: list[list[tuple[int, bytes | Non
             else:
                 state[k] = v
         assert up.root_hash == fresh_root(state)
-        assert not (set(up.puts) & stale_seen)
-        stale_seen.update(up.stale)
-        for s in up.stale:  # stale nodes are never the live ones
-            assert s not in up.puts
+        assert not set(up.deleted) & set(up.puts)
+        # the store holds the live tree and nothing else: the keys a fresh build writes
+        assert set(b.db) == set(fresh(state).db)
     root = b.root.hash if b.root else EMPTY_ROOT
     for k in range(41):
         kh = key_hash(str(k).encode())
@@ -137,15 +163,16 @@ def test_root_depends_only_on_contents(batches: list[list[tuple[int, bytes | Non
         assert verify(root, kh, state.get(kh), p)
 
 
-def test_pruning_stale_nodes_keeps_latest_tree_whole() -> None:
+def test_the_latest_tree_is_whole_in_the_store() -> None:
     b = Backend()
     keys = [key_hash(str(i).encode()) for i in range(200)]
     b.apply({k: vh(b"0") for k in keys})
     for r in range(1, 5):
-        up = b.apply({k: vh(bytes([r])) for k in keys[r * 10 : r * 10 + 30]})
-        for s in up.stale:
-            b.db.pop(s, None)
-    b.tree = StateTree(b.db.get)  # no cache: every node must be in the db
+        b.apply({k: vh(bytes([r])) for k in keys[r * 10 : r * 10 + 30]})
+        b.apply({k: None for k in keys[r * 7 : r * 7 + 3]})
+        b.apply({k: vh(b"back") for k in keys[r * 7 : r * 7 + 3]})
+    b.tree = StateTree(b.db.get, keys=keys_of(b.db))  # no cache: every node from the store
+    assert b.root is not None
     root = b.root.hash
     for k in keys:
         assert b.tree.get(b.root, k) is not None
@@ -156,24 +183,35 @@ def test_pruning_stale_nodes_keeps_latest_tree_whole() -> None:
 
 
 def reference_update(
-    get: Callable[[bytes], bytes | None],
+    db: dict[bytes, bytes],
     root: NodeRef | None,
     changes: dict[bytes, bytes | None],
     version: int,
 ) -> Update:
     """The same update, written plainly: decode every node, split key sets per nibble.
 
-    Same contract as `StateTree.update`: a node a change reaches is rewritten at
-    `version` and its old key is stale; a leaf that only moves (split below a
-    new internal node, or moved up when its siblings go) keeps its stored key.
+    Same contract as `StateTree.update`: a node a change reaches is rewritten (at
+    its position, child versions `version`); a leaf that only moves (split below
+    a new internal node, or moved up when its siblings go) keeps its stored key
+    (its key hash); what no longer has a node is deleted.
     """
+    get = db.get
     puts: dict[bytes, bytes] = {}
     stale: list[bytes] = []
 
     def new_leaf(k: bytes, v: bytes) -> NodeRef:
         h = leaf_hash(k, v)
-        puts[leaf_key(h, version)] = k + v
+        puts[leaf_key(k)] = k + v
         return NodeRef(h, version, True)
+
+    def find_leaf(depth: int, near: bytes, ref: NodeRef) -> bytes:
+        """The stored leaf of hash ref.hash among the keys sharing near's first nibbles."""
+        for key, raw in db.items():
+            if not key.startswith(leaf_key(b"")) or leaf_hash(raw[:32], raw[32:]) != ref.hash:
+                continue
+            if all(nibble(raw, d) == nibble(near, d) for d in range(depth)):
+                return raw
+        raise AssertionError("leaf not stored")
 
     def write(depth: int, khash: bytes, children: list[NodeRef | None]) -> NodeRef:
         present = [(n, c) for n, c in enumerate(children) if c is not None]
@@ -181,7 +219,7 @@ def reference_update(
         leafmask = sum(1 << n for n, c in present if c.is_leaf)
         raw = struct.pack(">HH", bitmap, leafmask) + b"".join(c.hash for _, c in present)
         raw += b"".join(struct.pack(">Q", c.version) for _, c in present)
-        puts[internal_key(depth, khash, version)] = raw
+        puts[internal_key(depth, khash)] = raw
         return NodeRef(internal_hash(bitmap, [c.hash for _, c in present]), version, False)
 
     def build(depth: int, leaves: list[tuple[bytes, NodeRef]]) -> NodeRef | None:
@@ -195,7 +233,7 @@ def reference_update(
         return write(depth, leaves[0][0], children)
 
     def decode(depth: int, khash: bytes, ref: NodeRef) -> list[NodeRef | None]:
-        raw = get(internal_key(depth, khash, ref.version))
+        raw = get(internal_key(depth, khash))
         assert raw is not None
         bitmap, leafmask = struct.unpack_from(">HH", raw)
         k = bin(bitmap).count("1")
@@ -213,14 +251,13 @@ def reference_update(
         if ref is None:
             return build(depth, [(k, new_leaf(k, v)) for k, v in sorted(items.items()) if v])
         if ref.is_leaf:
-            raw = get(leaf_key(ref.hash, ref.version))
-            assert raw is not None
+            raw = find_leaf(depth, next(iter(items)), ref)
             lk, lv = raw[:32], raw[32:]
             if all(k == lk and v == lv for k, v in items.items() if k == lk or v is not None):
                 return ref  # only the leaf's own value again, or deletes of absent keys
             leaves = {lk: ref}
             if lk in items and items[lk] != lv:
-                stale.append(leaf_key(ref.hash, ref.version))
+                stale.append(leaf_key(lk))
                 del leaves[lk]
             for k, v in items.items():
                 if v is not None and not (k == lk and v == lv):
@@ -235,7 +272,7 @@ def reference_update(
                 new[n] = upd(children[n], depth + 1, group)
         if new == children:
             return ref
-        stale.append(internal_key(depth, khash, ref.version))
+        stale.append(internal_key(depth, khash))
         present = [c for c in new if c is not None]
         if not present:
             return None
@@ -244,7 +281,7 @@ def reference_update(
         return write(depth, khash, new)
 
     new_root = upd(root, 0, dict(changes)) if changes else root
-    return Update(new_root, puts, stale)
+    return Update(new_root, puts, [k for k in dict.fromkeys(stale) if k not in puts])
 
 
 def test_roots_are_those_of_existing_chains() -> None:
@@ -264,15 +301,15 @@ def test_roots_are_those_of_existing_chains() -> None:
     ]
     for update in (StateTree.update, None):
         db: dict[bytes, bytes] = {}
-        tree = StateTree(db.get)
+        tree = StateTree(db.get, keys=keys_of(db))
         root = None
         for version, (changes, want) in enumerate(zip(batches, golden, strict=True), 1):
             if update is None:
-                up = reference_update(db.get, root, changes, version)
+                up = reference_update(db, root, changes, version)
             else:
                 up = update(tree, root, changes, version)
             assert up.root_hash.hex() == want
-            db.update(up.puts)
+            write(db, up)
             root = up.root
 
 
@@ -291,7 +328,7 @@ def check_against_reference(
     rng: random.Random, pool: list[bytes], batches: int, batch_max: int, cache_nodes_max: int
 ) -> None:
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get, cache_nodes_max=cache_nodes_max)
+    tree = StateTree(db.get, cache_nodes_max=cache_nodes_max, keys=keys_of(db))
     root: NodeRef | None = None
     state: dict[bytes, bytes] = {}
     for version in range(1, batches + 1):
@@ -309,15 +346,17 @@ def check_against_reference(
                     changes[k] = state[k]  # same value again
                 else:
                     changes[k] = vh(b"%d" % rng.randrange(10**9))
-        want = reference_update(db.get, root, changes, version)
+        want = reference_update(db, root, changes, version)
         got = tree.update(root, changes, version)
         assert got.root == want.root
         assert got.puts == want.puts
-        assert sorted(got.stale) == sorted(want.stale)
-        assert len(set(got.stale)) == len(got.stale)
-        db.update(got.puts)
+        assert sorted(got.deleted) == sorted(want.deleted)
+        assert len(set(got.deleted)) == len(got.deleted)
+        write(db, got)
         if rng.random() < 0.8:
             tree.committed(got)
+        else:  # not committed: the cache may hold nodes this update replaced
+            tree = StateTree(db.get, cache_nodes_max=cache_nodes_max, keys=keys_of(db))
         root = got.root
         for k, v in changes.items():
             if v is None:
@@ -325,6 +364,7 @@ def check_against_reference(
             else:
                 state[k] = v
         assert got.root_hash == fresh_root(state)
+        assert set(db) == set(fresh(state).db)
     root_hash = EMPTY_ROOT if root is None else root.hash
     for k in [*pool[:50], key_hash(b"absent")]:
         assert verify(root_hash, k, state.get(k), tree.prove(root, k))
@@ -360,18 +400,18 @@ def test_update_matches_reference_large_batches() -> None:
 def test_update_matches_reference_hypothesis(batches: list[dict[int, bytes | None]]) -> None:
     pool = key_pool(random.Random(5), 40)
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get, cache_nodes_max=8)
+    tree = StateTree(db.get, cache_nodes_max=8, keys=keys_of(db))
     root: NodeRef | None = None
     for version, batch in enumerate(batches, 1):
         changes = {pool[i % len(pool)]: None if v is None else vh(v) for i, v in batch.items()}
-        want = reference_update(db.get, root, changes, version)
+        want = reference_update(db, root, changes, version)
         got = tree.update(root, changes, version)
-        assert (got.root, got.puts, sorted(got.stale)) == (
+        assert (got.root, got.puts, sorted(got.deleted)) == (
             want.root,
             want.puts,
-            sorted(want.stale),
+            sorted(want.deleted),
         )
-        db.update(got.puts)
+        write(db, got)
         tree.committed(got)
         root = got.root
 
@@ -385,20 +425,21 @@ def test_update_refuses_hashes_of_the_wrong_size() -> None:
     assert b.root is None and not b.db
 
 
-def test_cache_is_bounded_and_drops_replaced_nodes() -> None:
+def test_cache_is_bounded_and_holds_the_stored_nodes() -> None:
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get, cache_nodes_max=40)
+    tree = StateTree(db.get, cache_nodes_max=40, keys=keys_of(db))
     root: NodeRef | None = None
     rng = random.Random(3)
-    stale: set[bytes] = set()
     for version in range(1, 30):
-        changes = {key_hash(b"%d" % rng.randrange(500)): vh(b"%d" % version) for _ in range(20)}
+        changes: dict[bytes, bytes | None] = {
+            key_hash(b"%d" % rng.randrange(500)): vh(b"%d" % version) for _ in range(20)
+        }
+        changes.update(dict.fromkeys(key_hash(b"%d" % rng.randrange(500)) for _ in range(5)))
         up = tree.update(root, changes, version)
-        db.update(up.puts)
+        write(db, up)
         tree.committed(up)
         root = up.root
-        stale.update(up.stale)
         cached = tree.cached_nodes()
         assert len(cached) <= 40
-        assert not stale & set(cached)  # a replaced node never takes a cache slot
-        assert all(db[k] == raw for k, raw in cached.items())
+        assert not set(up.deleted) & set(cached)  # a deleted node leaves its slot
+        assert all(db[k] == raw for k, raw in cached.items())  # a replaced one is overwritten

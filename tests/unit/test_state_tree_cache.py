@@ -3,14 +3,16 @@
 The cache only saves reads: an update must come out the same, byte for byte,
 whatever the cache holds (warm, cold after a restart, filled by proofs of old
 roots, or holding nodes of updates that were never committed), and a node the
-cache does not hold is read from the store, so a pruned or corrupt one is a
-TreeError.
+cache does not hold is read from the store, so a missing or corrupt one is a
+TreeError. Nodes are stored by position and overwritten in place, so a cached
+node is the one stored now (`committed` replaces it with its successor).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -56,7 +58,21 @@ def apply(live: dict[bytes, bytes], changes: dict[bytes, bytes | None]) -> None:
 
 
 def same(a: Update, b: Update) -> bool:
-    return (a.root, a.puts, sorted(a.stale)) == (b.root, b.puts, sorted(b.stale))
+    return (a.root, a.puts, sorted(a.deleted)) == (b.root, b.puts, sorted(b.deleted))
+
+
+def keys_of(db: dict[bytes, bytes]) -> Callable[[bytes, bytes], list[bytes]]:
+    return lambda lo, hi: sorted(k for k in db if lo <= k < hi)[:16]
+
+
+def tree_over(db: dict[bytes, bytes], **kwargs: int) -> StateTree:
+    return StateTree(db.get, keys=keys_of(db), **kwargs)
+
+
+def write(db: dict[bytes, bytes], up: Update) -> None:
+    for key in up.deleted:
+        del db[key]
+    db.update(up.puts)
 
 
 def check_cache(tree: StateTree, db: dict[bytes, bytes], bound: int) -> None:
@@ -72,7 +88,7 @@ def test_warm_cache_gives_the_same_updates_as_no_cache(slots: int) -> None:
     """Updates, deletes (down to the empty tree) and re-adds, warm tree against cold reads."""
     rng = random.Random(slots)
     db: dict[bytes, bytes] = {}
-    warm = StateTree(db.get, cache_nodes_max=slots)
+    warm = tree_over(db, cache_nodes_max=slots)
     root: NodeRef | None = None
     live: dict[bytes, bytes] = {}
     for version in range(1, 25):
@@ -81,20 +97,18 @@ def test_warm_cache_gives_the_same_updates_as_no_cache(slots: int) -> None:
         else:
             fresh = 400 if version < 5 or 12 < version < 16 else 60
             changes = random_changes(rng, live, fresh, 60, 30)
-        cold = StateTree(db.get, cache_nodes_max=1).update(root, changes, version)
+        cold = tree_over(db, cache_nodes_max=1).update(root, changes, version)
         up = warm.update(root, changes, version)
         assert same(up, cold)
-        db.update(up.puts)
+        write(db, up)
         warm.committed(up)
-        for key in up.stale:  # pruned at once: the cache must not need them
-            db.pop(key)
         root = up.root
         apply(live, changes)
         check_cache(warm, db, slots)
         if version == 12:
             assert root is None
     assert len(live) > 1000
-    fresh = StateTree(db.get)
+    fresh = tree_over(db)
     for k in rng.sample(sorted(live), 50):
         assert warm.get(root, k) == live[k] == fresh.get(root, k)
 
@@ -103,25 +117,25 @@ def test_restart_rebuilds_nothing_and_agrees() -> None:
     """A tree made anew over the same store (a restart) starts cold and gives the same updates."""
     rng = random.Random(11)
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get)
+    tree = tree_over(db)
     root: NodeRef | None = None
     live: dict[bytes, bytes] = {}
     for version in range(1, 8):
         changes = random_changes(rng, live, 800, 100, 20)
         up = tree.update(root, changes, version)
-        db.update(up.puts)
+        write(db, up)
         tree.committed(up)
         root = up.root
         apply(live, changes)
     assert len(tree.cached_nodes()) > 1000
-    restarted = StateTree(db.get)
+    restarted = tree_over(db)
     assert restarted.cached_nodes() == {}
     for version in range(8, 12):
         changes = random_changes(rng, live, 50, 100, 20)
         a = tree.update(root, changes, version)
         b = restarted.update(root, changes, version)
         assert same(a, b)
-        db.update(a.puts)
+        write(db, a)
         tree.committed(a)
         restarted.committed(b)
         root = a.root
@@ -133,11 +147,11 @@ def test_uncommitted_update_never_enters_the_cache() -> None:
     """A block executed but not written, then another at the same height: no stale cache hit."""
     rng = random.Random(5)
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get, cache_nodes_max=UPPER + 100)
+    tree = tree_over(db, cache_nodes_max=UPPER + 100)
     live: dict[bytes, bytes] = {}
     changes = random_changes(rng, live, 1500, 0, 0)
     up = tree.update(None, changes, 1)
-    db.update(up.puts)
+    write(db, up)
     tree.committed(up)
     apply(live, changes)
     root = up.root
@@ -147,32 +161,34 @@ def test_uncommitted_update_never_enters_the_cache() -> None:
     assert tree.cached_nodes() == before
     changes = random_changes(rng, live, 30, 30, 5)
     got = tree.update(root, changes, 2)
-    assert same(got, StateTree(db.get, cache_nodes_max=1).update(root, changes, 2))
+    assert same(got, tree_over(db, cache_nodes_max=1).update(root, changes, 2))
 
 
-def test_proofs_of_old_roots_fill_only_empty_slots() -> None:
+def test_proofs_of_old_roots_are_refused_and_leave_the_cache_alone() -> None:
+    """The store holds the newest tree only: a proof of an older root read through it
+    would mix trees. Every node read is checked against its parent's hash."""
     rng = random.Random(9)
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get)
+    tree = tree_over(db)
     live: dict[bytes, bytes] = {}
     roots: list[NodeRef | None] = [None]
     for version in range(1, 6):
         changes = random_changes(rng, live, 600, 80, 10)
         up = tree.update(roots[-1], changes, version)
-        db.update(up.puts)
-        if version < 5:
-            tree.committed(up)  # the last one is not: its slots stay on version 4
+        write(db, up)
+        tree.committed(up)
         roots.append(up.root)
         apply(live, changes)
     before = tree.cached_nodes()
-    for k in rng.sample(sorted(live), 100):
-        tree.prove(roots[1], k)  # old nodes of the same positions
-    after = tree.cached_nodes()
-    assert {k: v for k, v in after.items() if k in before} == before  # none displaced
+    for k in rng.sample(sorted(live), 20):
+        with pytest.raises(TreeError, match="not the one of root"):
+            tree.prove(roots[1], k)
+        assert tree.get(roots[-1], k) == live[k]
+    assert tree.cached_nodes() == before
     check_cache(tree, db, 40_960)
     changes = random_changes(rng, live, 40, 40, 10)
     got = tree.update(roots[-1], changes, 6)
-    assert same(got, StateTree(db.get, cache_nodes_max=1).update(roots[-1], changes, 6))
+    assert same(got, tree_over(db, cache_nodes_max=1).update(roots[-1], changes, 6))
 
 
 def test_slots_of_upper_levels_are_their_own() -> None:
@@ -190,9 +206,9 @@ def test_slots_of_upper_levels_are_their_own() -> None:
 
 def build(count: int, slots: int = 40_960) -> tuple[dict[bytes, bytes], StateTree, NodeRef]:
     db: dict[bytes, bytes] = {}
-    tree = StateTree(db.get, cache_nodes_max=slots)
+    tree = tree_over(db, cache_nodes_max=slots)
     up = tree.update(None, {key_hash(b"%d" % i): vh(b"%d" % i) for i in range(count)}, 1)
-    db.update(up.puts)
+    write(db, up)
     tree.committed(up)
     assert up.root is not None
     return db, tree, up.root
@@ -214,8 +230,10 @@ def test_pruned_or_corrupt_nodes_are_tree_errors() -> None:
     db[leaf] = saved[:40]
     with pytest.raises(TreeError, match="malformed"):
         tree.update(root, {k: vh(b"new")}, 2)
+    with pytest.raises(TreeError, match="malformed"):
+        tree.prove(root, k)
     db[leaf] = saved
-    cold = StateTree(db.get, cache_nodes_max=1)
+    cold = tree_over(db, cache_nodes_max=1)
     keys = [key_hash(b"%d" % i) for i in range(5000)]
     for key in deep[:20]:  # below the cached depths: always read
         below = next(kh for kh in keys if _on_path(key, kh))
@@ -229,7 +247,7 @@ def test_pruned_or_corrupt_nodes_are_tree_errors() -> None:
             tree.update(root, {below: vh(b"x")}, 2)
         db[key] = raw
         assert tree.update(root, {below: vh(b"x")}, 2).root is not None
-    top = internal_key(1, k, 1)  # on k's path, cached
+    top = internal_key(1, k)  # on k's path, cached
     raw = db.pop(top)  # cached: the update does not need the store
     assert tree.update(root, {k: vh(b"new")}, 2).root is not None
     with pytest.raises(TreeError, match="missing"):
@@ -244,7 +262,7 @@ def test_cache_holds_the_live_nodes_after_many_blocks() -> None:
     for version in range(2, 12):
         changes = {key_hash(b"%d" % rng.randrange(3000)): vh(b"v%d" % version) for _ in range(200)}
         up = tree.update(root, changes, version)
-        db.update(up.puts)
+        write(db, up)
         tree.committed(up)
         root = up.root
     live = set()
@@ -255,7 +273,7 @@ def test_cache_holds_the_live_nodes_after_many_blocks() -> None:
             continue
         nibbles = path + [0] * (64 - len(path))
         packed = bytes(nibbles[i] << 4 | nibbles[i + 1] for i in range(0, 64, 2))
-        key = internal_key(len(path), packed, ref.version)
+        key = internal_key(len(path), packed)
         assert _hash_of(db[key]) == ref.hash
         live.add(key)
         stack.extend(([*path, n], c) for n, c in _children(db[key]))
@@ -271,7 +289,7 @@ def _hash_of(raw: bytes) -> bytes:
 def _on_path(key: bytes, khash: bytes) -> bool:
     """Is the internal node stored under `key` on `khash`'s path?"""
     depth = key[len(INTERNAL_PREFIX)]
-    return internal_key(depth, khash, 0)[:-8] == key[:-8]
+    return internal_key(depth, khash) == key
 
 
 def _children(raw: bytes) -> list[tuple[int, NodeRef]]:
@@ -307,7 +325,7 @@ def test_known_values_skip_leaf_reads_and_never_change_the_result() -> None:
     changes: dict[bytes, bytes | None] = {k: vh(b"u" + k) for k in old}
     changes.update(fresh)
     changes[next(iter(old))] = None  # a delete too
-    plain = StateTree(db.get, cache_nodes_max=1).update(root, changes, 2)
+    plain = tree_over(db, cache_nodes_max=1).update(root, changes, 2)
     hinted = [
         old,  # right: no leaf read for the updates
         {k: vh(b"wrong" + k) for k in old},  # wrong: read, same result
@@ -316,18 +334,23 @@ def test_known_values_skip_leaf_reads_and_never_change_the_result() -> None:
     leaf_reads = []
     for known in hinted:
         reads.clear()
-        got = StateTree(counting_get, cache_nodes_max=1).update(root, changes, 2, known=known)
+        got = StateTree(counting_get, cache_nodes_max=1, keys=keys_of(db)).update(
+            root, changes, 2, known=known
+        )
         assert same(got, plain)
         leaf_reads.append(sum(key.startswith(LEAF_PREFIX) for key in reads))
-    assert leaf_reads[0] < 100 <= 300 <= leaf_reads[1]  # only the new keys' splits read
+    # only the new keys' splits read: their own (absent) leaf, then the one they split
+    assert leaf_reads[0] <= 2 * len(fresh) < 300 <= leaf_reads[1]
     assert leaf_reads[2] == leaf_reads[0]
     # a known value of another key's leaf (the one a new key splits) is no proof
     reads.clear()
-    StateTree(counting_get, cache_nodes_max=1).update(root, fresh, 2)
-    split_leaves = {db[key][:32]: db[key][32:] for key in reads if key.startswith(LEAF_PREFIX)}
+    StateTree(counting_get, cache_nodes_max=1, keys=keys_of(db)).update(root, fresh, 2)
+    split_leaves = {
+        db[key][:32]: db[key][32:] for key in reads if key.startswith(LEAF_PREFIX) and key in db
+    }
     assert split_leaves
     lying = {k: next(iter(split_leaves.values())) for k in fresh}
-    got = StateTree(db.get, cache_nodes_max=1).update(root, fresh, 2, known=lying)
-    assert same(got, StateTree(db.get, cache_nodes_max=1).update(root, fresh, 2))
+    got = tree_over(db, cache_nodes_max=1).update(root, fresh, 2, known=lying)
+    assert same(got, tree_over(db, cache_nodes_max=1).update(root, fresh, 2))
     with pytest.raises(ValueError, match="known"):
         tree.update(root, changes, 2, known={next(iter(old)): "not bytes"})  # type: ignore[dict-item]

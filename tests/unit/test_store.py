@@ -373,24 +373,24 @@ def _format_1_store(path: pathlib.Path) -> None:
     db.close()
 
 
-def test_a_format_1_store_reads_continues_and_is_marked_format_2(path: pathlib.Path) -> None:
+def test_a_format_1_store_reads_continues_and_is_marked_format_3(path: pathlib.Path) -> None:
     _format_1_store(path)
     with ChainStore.open(path) as s:
         assert s.get_record(b"k") == RecordVersion(b"k", b"x" * 100, 1, 1, 0)
         _write(s, [StateWrite(b"k", b"y" * 100, 0)])
         assert [v.value for v in s.record_history(b"k")] == [b"y" * 100, b"x" * 100]
         assert s.get_record(b"d") == RecordVersion(b"d", None, 1, 1, 1)
-    assert _dump(path)[b"m/format"] == struct.pack(">I", FORMAT) == struct.pack(">I", 2)
+    assert _dump(path)[b"m/format"] == struct.pack(">I", FORMAT) == struct.pack(">I", 3)
 
 
 def test_a_store_of_an_unknown_format_is_refused_untouched(path: pathlib.Path) -> None:
     with ChainStore.open(path, genesis_hash=GENESIS_HASH) as s:
         commit_chain(s, 2)
     db = raw_db(path)
-    db.put(b"m/format", struct.pack(">I", 3))
+    db.put(b"m/format", struct.pack(">I", 4))
     db.close()
     before = _dump(path)
-    with pytest.raises(StoreError, match="unknown format 3; this node reads formats 1, 2"):
+    with pytest.raises(StoreError, match="unknown format 4; this node reads formats 1, 2, 3"):
         ChainStore.open(path)
     assert _dump(path) == before
 
