@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import node  # noqa: F401  # first: `node` loads the compiled build (node/native.py)
 import storage.store as store_module
 from node import bench
 from node.app import Application
@@ -126,6 +127,9 @@ def main() -> None:
 
     genesis, senders, validator = bench.offline_chain()
     count = args.blocks * args.block_txs
+    from node import native
+
+    print(f"build: {native.MODE}", file=sys.stderr)
     print(f"signing {count} transactions...", file=sys.stderr)
     txs = bench.sign_txs(senders, genesis.chain_id, count, 10_000)
     tmp = Path(tempfile.mkdtemp(prefix="redwood-compaction-"))
@@ -162,6 +166,7 @@ def main() -> None:
             own = now.get(main_tid, 0) - first.get(main_tid, 0)
             rest = sum(v - first.get(t, 0) for t, v in now.items() if t != main_tid)
             print(
+                f"tree {app.state_tree_cpu_s / count * 1e6:.1f} us/tx "
                 f"total ({count} txs): applying {own / count * 1e6:.1f} us/tx, background "
                 f"{rest / count * 1e6:.1f} us/tx, wall "
                 f"{(time.monotonic() - started) / count * 1e6:.1f} us/tx"
