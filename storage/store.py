@@ -630,7 +630,10 @@ class ChainStore:
 
         For one-off work of the application between blocks (rebuilding its state
         tree in a newer layout); a block's own meta goes in `commit_block`."""
-        entries = _meta_entries(meta)
+        self._write_synced(_meta_entries(meta))
+
+    def _write_synced(self, entries: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Put (or, for None, delete) full keys in one synced batch, under the writer lock."""
         with self._write_lock, self._db.write_batch(transaction=True, sync=True) as wb:
             for key, value in entries:
                 if value is None:
@@ -669,15 +672,7 @@ class ChainStore:
     @_leveldb_errors
     def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
         """The meta keys in [start, stop), in order, at most `limit` (values not read)."""
-        out: list[bytes] = []
-        with self._db.iterator(
-            start=_META + bytes(start), stop=_META + bytes(stop), include_value=False
-        ) as it:
-            for key in it:
-                out.append(key[len(_META) :])
-                if len(out) >= limit:
-                    break
-        return out
+        return _list_meta_keys(self._db, start, stop, limit)
 
     @_leveldb_errors
     def journal_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
@@ -686,12 +681,7 @@ class ChainStore:
             _check_bytes("journal key", key, META_KEY_BYTES_MAX)
             if value is not None and not isinstance(value, bytes):
                 raise ValueError("journal value must be bytes or None")
-        with self._write_lock, self._db.write_batch(transaction=True, sync=True) as wb:
-            for key, value in records:
-                if value is None:
-                    wb.delete(_JOURNAL + key)
-                else:
-                    wb.put(_JOURNAL + key, value)
+        self._write_synced([(_JOURNAL + key, value) for key, value in records])
 
     @_leveldb_errors
     def journal_items(self) -> dict[bytes, bytes]:
@@ -1021,18 +1011,23 @@ class MetaSnapshot:
         return value
 
     def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
-        out: list[bytes] = []
         try:
-            with self._snapshot.iterator(
-                start=_META + bytes(start), stop=_META + bytes(stop), include_value=False
-            ) as it:
-                for key in it:
-                    out.append(key[len(_META) :])
-                    if len(out) >= limit:
-                        break
+            return _list_meta_keys(self._snapshot, start, stop, limit)
         except (plyvel.CorruptionError, plyvel.IOError, RuntimeError) as exc:
             raise StoreError(f"chain store {self._store.path}: reading a snapshot: {exc}") from None
-        return out
+
+
+def _list_meta_keys(source: Any, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+    """The meta keys in [start, stop) of a plyvel DB or snapshot, at most `limit`."""
+    out: list[bytes] = []
+    with source.iterator(
+        start=_META + bytes(start), stop=_META + bytes(stop), include_value=False
+    ) as it:
+        for key in it:
+            out.append(key[len(_META) :])
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _meta_entries(meta: Mapping[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
