@@ -126,7 +126,7 @@ from node.proofs import epoch_change_json, epoch_proof_key, value_hash
 from node.txs import decode_tx
 from node.verify_pool import VerifyItem, verify_serial
 from storage import state_tree
-from storage.store import StateWrite, StoreError
+from storage.store import StateWrite, StoreError, prefix_end
 
 log = logging.getLogger("redwood.app")
 
@@ -324,9 +324,7 @@ class Application:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.genesis_root = genesis_state_root(genesis.hash())
-        self.tree = state_tree.StateTree(
-            store.get_meta, keys=lambda lo, hi: store.meta_keys(lo, hi, 16)
-        )
+        self.tree = _tree_over(store)
         self.gov = self._load_gov()
         self._verify_many = verify_many
         self._cache_txs_max = verified_cache_txs_max
@@ -733,8 +731,7 @@ class Application:
 
     def _delete_meta_prefixes(self, prefixes: Sequence[bytes]) -> None:
         for prefix in prefixes:
-            stop = prefix[:-1] + bytes([prefix[-1] + 1])
-            while keys := self.store.meta_keys(prefix, stop, 10_000):
+            while keys := self.store.meta_keys(prefix, prefix_end(prefix), 10_000):
                 self.store.write_meta(dict.fromkeys(keys))
 
     def apply_many(
@@ -944,10 +941,7 @@ class Application:
         if height and raw is None:
             raise state_tree.TreeError(f"no state tree root for height {height}")
         root = None if raw is None else state_tree.decode_root(raw)
-        reader = state_tree.StateTree(
-            snap.get_meta, cache_nodes_max=1, keys=lambda lo, hi: snap.meta_keys(lo, hi, 16)
-        )
-        return reader.prove(root, khash)
+        return _tree_over(snap, cache_nodes_max=1).prove(root, khash)
 
     def proposal(self, pid: int) -> governance.Proposal | None:
         rv = self.store.get_record(governance.proposal_key(pid))
@@ -1011,6 +1005,16 @@ class Application:
                 "it was not written by this application"
             )
         return root
+
+
+def _tree_over(reader: Any, cache_nodes_max: int = state_tree.NODE_CACHE_MAX) -> Any:
+    """A state tree reading through `reader`'s `get_meta` and `meta_keys` (a store or a
+    snapshot of one); a leaf's slot holds one key, a few to spare for a damaged store."""
+    return state_tree.StateTree(
+        reader.get_meta,
+        cache_nodes_max=cache_nodes_max,
+        keys=lambda lo, hi: reader.meta_keys(lo, hi, 16),
+    )
 
 
 def _written_value(tx: Transaction) -> bytes | None:

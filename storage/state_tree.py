@@ -354,30 +354,31 @@ class StateTree:
                 self._slots[i] = key + raw
         return raw
 
-    def _leaf(self, lhash: bytes, khash: bytes, depth: int) -> tuple[bytes, bytes]:
-        """The leaf `lhash` in the slot at `depth` on `khash`'s path: (key hash, value hash).
+    def _leaf(self, lhash: bytes, khash: bytes, depth: int) -> bytes:
+        """The leaf `lhash` in the slot at `depth` on `khash`'s path: key hash + value hash.
 
         Leaves are stored by key hash: `khash`'s own first, else the one key stored
         under the slot's nibble prefix (a leaf sits at its shortest unique prefix)."""
-        raw = self._get(LEAF_PREFIX + khash)
-        if raw is not None:
-            if len(raw) != 64:
-                raise TreeError("malformed state tree leaf")
-            raw = bytes(raw)
-            if _sha256(b"\x00" + raw).digest() == lhash:
-                return raw[:32], raw[32:]
-        if self._keys is not None:
+        raw = self._stored_leaf(LEAF_PREFIX + khash, lhash)
+        if raw is None and self._keys is not None:
             lo, hi = _prefix_range(khash, depth)
             for key in self._keys(LEAF_PREFIX + lo, LEAF_PREFIX + hi):
-                raw = self._get(key)
-                if raw is None:
-                    continue
-                if len(raw) != 64:
-                    raise TreeError("malformed state tree leaf")
-                raw = bytes(raw)
-                if _sha256(b"\x00" + raw).digest() == lhash:
-                    return raw[:32], raw[32:]
-        raise TreeError(f"state tree leaf {lhash.hex()} is missing (corrupt store)")
+                raw = self._stored_leaf(key, lhash)
+                if raw is not None:
+                    break
+        if raw is None:
+            raise TreeError(f"state tree leaf {lhash.hex()} is missing (corrupt store)")
+        return raw
+
+    def _stored_leaf(self, key: bytes, lhash: bytes) -> bytes | None:
+        """The leaf stored under `key` if it is the one of hash `lhash`."""
+        raw = self._get(key)
+        if raw is None:
+            return None
+        if len(raw) != 64:
+            raise TreeError("malformed state tree leaf")
+        raw = bytes(raw)
+        return raw if _sha256(b"\x00" + raw).digest() == lhash else None
 
     def committed(self, update: Update) -> None:
         """Cache the internal nodes of an update that has been written (optional; speeds reads).
@@ -443,7 +444,8 @@ class StateTree:
             levels.append((bitmap, tuple(hashes)))
             is_leaf = bool(leafmask & bit)
             depth += 1
-        return Proof(tuple(levels), self._leaf(lhash, khash, depth))
+        raw = self._leaf(lhash, khash, depth)
+        return Proof(tuple(levels), (raw[:32], raw[32:]))
 
     # -- updates ----------------------------------------------------------------------
 
@@ -657,7 +659,7 @@ class _Batch:
             if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
                 lraw = k + ov  # the key's own leaf, known without reading it
             else:
-                lraw = b"".join(self.tree._leaf(lhash, k, depth + 1))
+                lraw = self.tree._leaf(lhash, k, depth + 1)
             lkey = LEAF_PREFIX + lraw[:32]
             v = self.vals[t]
             if lraw.startswith(k):  # the key's own leaf
@@ -826,7 +828,7 @@ class _Batch:
         if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
             raw = k + ov
         else:
-            raw = b"".join(self.tree._leaf(lhash, k, depth))
+            raw = self.tree._leaf(lhash, k, depth)
         key = LEAF_PREFIX + raw[:32]
         if raw.startswith(k):
             if raw[32:] == v:
@@ -836,17 +838,6 @@ class _Batch:
         if v is None:
             return None  # deleting an absent key
         return self.split(lhash, lver8, raw[:32], depth, k, v)
-
-    def leaf_bytes(self, key: bytes) -> bytes:
-        """The stored leaf under `key` (key hash + value hash); TreeError if missing or malformed."""
-        raw = self.get(key)
-        if type(raw) is bytes and len(raw) == 64:
-            return raw
-        if raw is None:
-            raise TreeError(f"state tree leaf {key!r} is missing (pruned or corrupt store)")
-        if len(raw) != 64:
-            raise TreeError("malformed state tree leaf")
-        return bytes(raw)
 
     def split(
         self, lhash: bytes, lver8: bytes, lkey: bytes, depth: int, k: bytes, v: bytes
@@ -880,7 +871,8 @@ class _Batch:
 
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
-        lkey, lval = self.tree._leaf(lhash, self.keys[lo], depth)
+        lraw = self.tree._leaf(lhash, self.keys[lo], depth)
+        lkey, lval = lraw[:32], lraw[32:]
         keys, vals = self.keys, self.vals
         refs: list[tuple[bytes, _Ref]] = []
         kept = True  # the old leaf stays as it is

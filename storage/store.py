@@ -645,8 +645,7 @@ class ChainStore:
         """Every state key that has a current entry (deleted ones too), in key order.
 
         Reads `batch` keys at a time, each batch from a fresh iterator."""
-        start = _STATE
-        stop = _STATE[:-1] + bytes([_STATE[-1] + 1])
+        start, stop = _STATE, prefix_end(_STATE)
         first = True
         while True:
             keys = self._state_key_batch(start, stop, batch, include_start=first)
@@ -994,6 +993,11 @@ def _check_genesis(db: plyvel.DB, path: Path, genesis_hash: bytes | None) -> byt
         # an older format this one reads: from now on the store may hold what it cannot
         db.put(_FORMAT_KEY, _U32.pack(FORMAT), sync=True)
     return stored
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with `prefix` (its last byte below 0xff)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class MetaSnapshot:

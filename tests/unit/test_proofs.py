@@ -370,11 +370,11 @@ def _rewrite_meta(chain: ProofChain, entries: dict[bytes, bytes | None]) -> None
 
 def _tree_keys(chain: ProofChain) -> set[bytes]:
     from storage import state_tree
+    from storage.store import prefix_end
 
     out: set[bytes] = set()
     for prefix in (state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX):
-        stop = prefix[:-1] + bytes([prefix[-1] + 1])
-        out.update(chain.store.meta_keys(prefix, stop))
+        out.update(chain.store.meta_keys(prefix, prefix_end(prefix)))
     return out
 
 
