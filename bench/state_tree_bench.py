@@ -82,6 +82,7 @@ LEAF_PREFIX = b"smt/k/"  # storage/state_tree.py: leaves by key hash
 
 def load_impl(path: str | None) -> ModuleType:
     if path is None:
+        import node  # noqa: F401  # first: `node` loads the compiled build (node/native.py)
         from storage import state_tree
 
         return state_tree
