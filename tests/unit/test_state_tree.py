@@ -3,6 +3,7 @@ store that holds the live tree and nothing else (nodes by position, leaves by ke
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 import struct
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from storage.state_tree import (
     EMPTY_ROOT,
+    TOP_DEPTHS,
     NodeRef,
     Proof,
     StateTree,
@@ -23,10 +25,12 @@ from storage.state_tree import (
     encode_root,
     internal_hash,
     internal_key,
+    is_top,
     key_hash,
     leaf_hash,
     leaf_key,
     nibble,
+    top_levels,
     verify,
 )
 
@@ -443,3 +447,87 @@ def test_cache_is_bounded_and_holds_the_stored_nodes() -> None:
         assert len(cached) <= 40
         assert not set(up.deleted) & set(cached)  # a deleted node leaves its slot
         assert all(db[k] == raw for k, raw in cached.items())  # a replaced one is overwritten
+
+
+# -- the tree's top recomputed from the rest (node/app.py after an unclean stop) ----------
+
+
+def list_keys_of(db: dict[bytes, bytes]) -> Callable[[bytes, bytes, int], list[bytes]]:
+    """The store's `meta_keys` over a dict that no longer changes."""
+    ordered = sorted(db)
+
+    def list_keys(lo: bytes, hi: bytes, limit: int) -> list[bytes]:
+        i = bisect.bisect_left(ordered, lo)
+        return ordered[i : min(bisect.bisect_left(ordered, hi), i + limit)]
+
+    return list_keys
+
+
+def without_versions(raw: bytes) -> bytes:
+    """An internal node's stored bytes without its child versions (read by nothing)."""
+    return raw[: 4 + 32 * (raw[0] << 8 | raw[1]).bit_count()]
+
+
+def check_top(db: dict[bytes, bytes], root: NodeRef | None) -> None:
+    top = {k: v for k, v in db.items() if is_top(k)}
+    rest = {k: v for k, v in db.items() if not is_top(k)}
+    nodes, got = top_levels(rest.get, list_keys_of(rest), 7)
+    assert {k: without_versions(v) for k, v in nodes.items()} == {
+        k: without_versions(v) for k, v in top.items()
+    }
+    assert all(v.endswith(struct.pack(">Q", 7)) for v in nodes.values())
+    if root is None:
+        assert got is None
+    else:
+        assert got is not None and (got.hash, got.is_leaf) == (root.hash, root.is_leaf)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 17, 300, 5_000])
+def test_top_levels_are_recomputed_from_the_rest_of_the_store(size: int) -> None:
+    rng = random.Random(size)
+    b = Backend()
+    keys = key_pool(rng, size)[:size] if size else []
+    if keys:
+        b.apply({k: vh(k) for k in keys})
+    check_top(b.db, b.root)
+    # after updates that move leaves up and down across the top's depths
+    for r in range(3):
+        gone = rng.sample(keys, len(keys) // 3)
+        b.apply(dict.fromkeys(gone))
+        check_top(b.db, b.root)
+        b.apply({k: vh(b"%d" % r + k) for k in gone[: len(gone) // 2]})
+        check_top(b.db, b.root)
+
+
+def test_top_levels_where_every_prefix_holds_a_node() -> None:
+    """Each 4-nibble prefix under nibble 0 holds a node (as all do with a million records),
+    each of the others one leaf or none."""
+    b = Backend()
+    keys = [
+        (p << 240 | i).to_bytes(32, "big") for p in range(16 ** (TOP_DEPTHS - 1)) for i in (1, 2)
+    ]
+    keys += [
+        (p << 240).to_bytes(32, "big") for p in range(16 ** (TOP_DEPTHS - 1), 16**TOP_DEPTHS, 3)
+    ]
+    b.apply({k: vh(k) for k in keys})
+    check_top(b.db, b.root)
+
+
+def test_top_levels_refuse_a_corrupt_store() -> None:
+    b = Backend()
+    keys = [bytes([0xAB, 0xCD]) + bytes([i]) * 30 for i in (1, 2)] + [key_hash(b"x")]
+    b.apply({k: vh(k) for k in keys})
+    rest = {k: v for k, v in b.db.items() if not is_top(k)}
+    # the depth-4 node over the two keys sharing 0xABCD is lost: two leaves, one prefix
+    lost = {k: v for k, v in rest.items() if not k.startswith(b"smt/n/\x04")}
+    with pytest.raises(TreeError, match="share a 4-nibble prefix"):
+        top_levels(lost.get, list_keys_of(lost), 1)
+    bad = dict(rest)
+    bad[next(k for k in rest if k.startswith(b"smt/n/\x04"))] = b"\x00"
+    with pytest.raises(TreeError, match="malformed"):
+        top_levels(bad.get, list_keys_of(bad), 1)
+    leaf = next(k for k in rest if k.startswith(b"smt/k/"))
+    bad = dict(rest)
+    bad[leaf] = bytes(64)
+    with pytest.raises(TreeError, match="holds another key"):
+        top_levels(bad.get, list_keys_of(bad), 1)
