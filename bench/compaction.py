@@ -14,7 +14,10 @@ Ablations, for finding what the compactions carry (never for figures of the node
 - ``--drop-prefix b/``: writes under that prefix are kept in memory, not in
   LevelDB (reads of them still work); ``\\xNN`` escapes give other bytes, e.g.
   ``'a/smt/n/\\x00'`` for the tree's root node;
-- ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`).
+- ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`);
+- ``--top-every N``: write the state tree's top (depths 0-3, held in memory
+  by node/app.py) with every Nth block instead of every 32nd; 1 is how
+  stop 25 wrote it, with every block.
 
 Usage: ``python bench/compaction.py [--blocks 300] [--block-txs 3000] [--every 50]``
 (signs all transactions first: ~20 s and ~1 GB of memory for 900,000).
@@ -120,6 +123,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--drop-prefix", action="append", default=[], metavar="PREFIX")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--top-every", type=int, default=None, metavar="N")
     args = ap.parse_args()
     for opt in args.opt:
         name, _, value = opt.partition("=")
@@ -138,6 +142,9 @@ def main() -> None:
         store = ChainStore.open(tmp / "db", genesis_hash=genesis.hash())
         try:
             app = Application(store, genesis)
+            if args.top_every is not None:
+                app.tree_top_flush_blocks = args.top_every
+            print(f"tree top written every {app.tree_top_flush_blocks} blocks", file=sys.stderr)
             builder = bench.ChainBuilder(store, app, genesis, [validator])
             db = store._db
             if args.drop_prefix:

@@ -68,15 +68,24 @@ height 0 (genesis) is the empty tree's. Only the keys a block writes are
 re-hashed. Tree nodes (the newest tree only, each under a key that an update
 overwrites: storage/state_tree.py) and the root reference per height
 (`smt/r/`) are meta entries of the block's own commit, so tree and blocks
-never disagree. Proofs are built at the newest certified state height
+never disagree, except the tree's top: its internal nodes of depths 0-3 (at
+most 4,369, ~2 MB, though a full block rewrites ~2,400 of them) are held in
+memory (`_top`) and written with the blocks at heights that are multiples
+of `TREE_TOP_FLUSH_BLOCKS` (32), and at a clean stop (`write_tree_top`);
+`smt/top` names the height whose top the store holds. They were most of the
+bytes a block wrote, all of them rewritten at random keys, which LevelDB's
+compactions carried. A start whose stored top is older than its head (the
+process died) recomputes the top from the rest of the tree, which every
+block writes (`state_tree.top_levels`), and checks its root against the
+stored one. Proofs are built at the newest certified state height
 (node/proofs.py): pipeline_depth below the newest block that is not a null
 block, with at most pipeline_depth null blocks above that one. Its nodes
 may have been overwritten since, so each committed height keeps a LevelDB
 snapshot for `tree_snapshots_kept` = 2 x pipeline_depth +
 `TREE_SNAPSHOTS_MARGIN` heights (12 with the default depth of 4; the margin
-covers blocks that commit while a proof is built), and a proof reads that
-height's tree from it (`prove_state`), or from a snapshot of now when no
-block since has changed the root. Older heights, and heights from before
+covers blocks that commit while a proof is built), with the top held then,
+and a proof reads that height's tree from it (`prove_state`), or from a
+snapshot of now when no block since has changed the root. Older heights, and heights from before
 the process started whose root is not the newest one, answer 503
 `proof_unavailable` (ask again: the certified height moves up within
 pipeline_depth blocks). A store whose tree was written per version (before
@@ -126,7 +135,7 @@ from node.proofs import epoch_change_json, epoch_proof_key, value_hash
 from node.txs import decode_tx
 from node.verify_pool import VerifyItem, verify_serial
 from storage import state_tree
-from storage.store import StateWrite, StoreError, prefix_end
+from storage.store import RECOVERY_COMMAND, StateWrite, StoreError, prefix_end
 
 log = logging.getLogger("redwood.app")
 
@@ -143,7 +152,13 @@ TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
 # heights whose tree stays readable for proofs: 2 x pipeline_depth + this (module docstring)
 TREE_SNAPSHOTS_MARGIN = 4
 TREE_LAYOUT_KEY = b"smt/layout"  # the tree's storage layout (storage/state_tree.py)
-TREE_LAYOUT = b"position/1"
+# position/2: the tree's top written every TREE_TOP_FLUSH_BLOCKS only, with TREE_TOP_KEY;
+# position/1 (stop 25) wrote it with every block, so its stored top is always current
+TREE_LAYOUT = b"position/2"
+TREE_LAYOUTS_READ = (b"position/1", TREE_LAYOUT)
+TREE_TOP_KEY = b"smt/top"  # u64 BE: the height whose tree top (depths 0-3) the store holds
+TREE_TOP_FLUSH_BLOCKS = 32  # the top is written with the blocks at multiples of this height
+REPAIR_HINT = f"Run `{RECOVERY_COMMAND}` to drop its data and sync again."
 TREE_REBUILD_KEYS = 100_000  # keys per batch when rebuilding a store's tree in this layout
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
@@ -220,6 +235,10 @@ class Executed:
     # validator-set epochs decided in this block: (epoch, first_height, node ids)
     new_epochs: tuple[tuple[int, int, tuple[bytes, ...]], ...] = ()
     tree_update: Any = None  # storage.state_tree.Update
+    # the tree's top nodes this block changed (None: removed), held in memory unless
+    # `top_written` (module docstring, "State root")
+    top: dict[bytes, bytes | None] | None = None
+    top_written: bool = False
     # current version, before this block, of every key it writes (what commit_block needs)
     versions: dict[bytes, int] | None = None
     # state key -> `pack_current(version, value hash or None if deleted)` after this block
@@ -324,7 +343,16 @@ class Application:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.genesis_root = genesis_state_root(genesis.hash())
-        self.tree = _tree_over(store)
+        # the tree's top nodes (depths 0-3) changed since the store last got them (None:
+        # removed); replaced, never mutated, by each block that changes it, so a proof's
+        # reader can keep the one of its height (module docstring, "State root")
+        self._top: dict[bytes, bytes | None] = {}
+        self._live = _TopOver(store, self._top)
+        self.tree_top_flush_blocks = TREE_TOP_FLUSH_BLOCKS
+        self.tree = _tree_over(self._live)
+        # held by `apply` from a block's commit until the top and snapshot match it, and by
+        # a proof taking a snapshot of now
+        self._tree_lock = threading.Lock()
         self.gov = self._load_gov()
         self._verify_many = verify_many
         self._cache_txs_max = verified_cache_txs_max
@@ -350,15 +378,21 @@ class Application:
         self._current: dict[bytes, bytes] = {}
         self._current_old: dict[bytes, bytes] = {}
         layout = store.get_meta(TREE_LAYOUT_KEY)
-        if layout not in (None, TREE_LAYOUT):
+        if layout is not None and layout not in TREE_LAYOUTS_READ:
             raise StoreError(
                 f"the state tree is stored in a layout this node does not know ({layout!r}); "
                 "a newer Redwood wrote it"
             )
-        # a new store gets the marker with its first block; an older one is rebuilt now
-        self._layout_unmarked = layout is None
-        if self._layout_unmarked and store.head_height() > 0:
+        # a new store gets the marker with its first block (which writes the top), one
+        # stored per version is rebuilt now, and one whose top was lost is recomputed now
+        self._layout_unmarked = layout != TREE_LAYOUT
+        head = store.head_height()
+        if layout is None and head > 0:
             self._rebuild_tree()
+        elif layout == TREE_LAYOUT:
+            top = store.get_meta(TREE_TOP_KEY)
+            if top is None or _U64.unpack(top)[0] != head:
+                self._recompute_top(head, None if top is None else _U64.unpack(top)[0])
 
     # -- admission ---------------------------------------------------------------
 
@@ -600,13 +634,35 @@ class Application:
             meta[key] = None
         meta.update(update.puts)
         meta[state_tree.root_key(height)] = state_tree.encode_root(update.root)
-        if self._layout_unmarked:
+        top = self._split_top(update, meta)
+        written = self._layout_unmarked or height % self.tree_top_flush_blocks == 0
+        if written:
+            meta.update(self._top)
+            meta.update(top)
+            meta[TREE_TOP_KEY] = _U64.pack(height)
             meta[TREE_LAYOUT_KEY] = TREE_LAYOUT
+        elif not top and not self._top:  # nothing held: the stored top is this height's too
+            meta[TREE_TOP_KEY] = _U64.pack(height)
         self.state_tree_cpu_s += time.thread_time() - started
         return Executed(
             writes, status, meta, root, height, hashes, applied,
-            gb.state, tuple(gb.new_epochs), update, versions, current,
+            gb.state, tuple(gb.new_epochs), update, top, written, versions, current,
         )  # fmt: skip
+
+    @staticmethod
+    def _split_top(
+        update: state_tree.Update, meta: dict[bytes, bytes | None]
+    ) -> dict[bytes, bytes | None]:
+        """Take the tree's top nodes out of a block's `meta`: node -> bytes, or None if removed.
+
+        The update lists every internal node of depth < 5 it wrote or removed in `nodes`."""
+        top: dict[bytes, bytes | None] = {}
+        nodes = update.nodes
+        for i in range(0, len(nodes), 2):
+            key = nodes[i]
+            if key[6] < state_tree.TOP_DEPTHS:
+                top[key] = meta.pop(key, None)
+        return top
 
     def _current_of(self, keys: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
         """Current versions of `keys` (remembered, or read), and the value hashes remembered."""
@@ -720,7 +776,11 @@ class Application:
                 "`redwood repair --home DIR` to drop its data and sync again."
             )
         store.write_meta(
-            {state_tree.root_key(head): state_tree.encode_root(root), TREE_LAYOUT_KEY: TREE_LAYOUT}
+            {
+                state_tree.root_key(head): state_tree.encode_root(root),
+                TREE_TOP_KEY: _U64.pack(head),
+                TREE_LAYOUT_KEY: TREE_LAYOUT,
+            }
         )
         self._layout_unmarked = False
         self._delete_meta_prefixes(state_tree.LEGACY_PREFIXES)
@@ -728,6 +788,59 @@ class Application:
             "state tree stored by position: %d keys in %.1f s", len(pairs),
             time.monotonic() - started,
         )  # fmt: skip
+
+    def _recompute_top(self, head: int, stored: int | None) -> None:
+        """Recompute and store the tree's top: the process that wrote the store stopped
+        without writing the top it held (a crash, a kill), so the stored one is older.
+
+        The rest of the tree is written with each block, so the top follows from it
+        (`state_tree.top_levels`); its root must be the head's stored one."""
+        store = self.store
+        log.warning(
+            "the state tree's top levels were last written at height %s, the store's head is "
+            "%d (the node did not stop cleanly): recomputing them",
+            stored, head,
+        )  # fmt: skip
+        started = time.monotonic()
+        expected = self.root_ref_at(head)
+        try:
+            nodes, root = state_tree.top_levels(store.get_meta, store.meta_keys, head)
+        except state_tree.TreeError as exc:
+            raise StoreError(f"the state tree is damaged: {exc}. {REPAIR_HINT}") from None
+        if (None if root is None else (root.hash, root.is_leaf)) != (
+            None if expected is None else (expected.hash, expected.is_leaf)
+        ):
+            got = None if root is None else root.hash.hex()
+            raise StoreError(
+                f"the state tree's top recomputed at height {head} has root {got}, but the "
+                f"stored root is {None if expected is None else expected.hash.hex()}: the "
+                f"store is damaged. {REPAIR_HINT}"
+            )
+        lo, hi = (
+            state_tree.INTERNAL_PREFIX,
+            state_tree.INTERNAL_PREFIX + bytes((state_tree.TOP_DEPTHS,)),
+        )
+        meta: dict[bytes, bytes | None] = dict.fromkeys(store.meta_keys(lo, hi))
+        meta.update(nodes)
+        meta[TREE_TOP_KEY] = _U64.pack(head)
+        store.write_meta(meta)
+        log.warning(
+            "state tree top recomputed: %d nodes in %.2f s", len(nodes), time.monotonic() - started
+        )
+
+    def _set_top(self, top: dict[bytes, bytes | None]) -> None:
+        self._top = top
+        self._live.top = top
+
+    def write_tree_top(self) -> None:
+        """Write the tree's top held in memory (a clean stop), so that the next start has
+        nothing to recompute. Call it when no block is being applied."""
+        with self._tree_lock:
+            if self._top:
+                meta = dict(self._top)
+                meta[TREE_TOP_KEY] = _U64.pack(self.store.head_height())
+                self.store.write_meta(meta)
+                self._set_top({})
 
     def _delete_meta_prefixes(self, prefixes: Sequence[bytes]) -> None:
         for prefix in prefixes:
@@ -757,10 +870,19 @@ class Application:
         executed = self.execute(cb.block, verify_signatures=verify_signatures)
         self._add_epoch_proofs(cb, executed.meta)
         status = executed.tx_status
-        self.store.commit_block(
-            cb, executed.writes, executed.meta, status, sync=sync, versions=executed.versions,
-            tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
-        )  # fmt: skip
+        height = cb.block.header.height
+        with self._tree_lock:
+            self.store.commit_block(
+                cb, executed.writes, executed.meta, status, sync=sync, versions=executed.versions,
+                tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
+            )  # fmt: skip
+            if executed.top_written:
+                self._set_top({})
+            elif executed.top:
+                self._set_top({**self._top, **executed.top})
+            # the tree of this height, for proofs while later blocks overwrite its nodes
+            self._snapshots[height] = _TopOver(self.store.meta_snapshot(), self._top)
+        self._snapshots.pop(height - self.tree_snapshots_kept, None)
         self.forget(executed.tx_hashes)
         if executed.current:
             self._remember_current(executed.current)
@@ -768,10 +890,6 @@ class Application:
             started = time.thread_time()
             self.tree.committed(executed.tree_update)
             self.state_tree_cpu_s += time.thread_time() - started
-        # the tree of this height, for proofs while later blocks overwrite its nodes
-        height = cb.block.header.height
-        self._snapshots[height] = self.store.meta_snapshot()
-        self._snapshots.pop(height - self.tree_snapshots_kept, None)
         self._layout_unmarked = False
         if executed.gov is not None:
             self.gov = executed.gov
@@ -932,7 +1050,8 @@ class Application:
         height older than that, or one from before this process started)."""
         snap = self._snapshots.get(height)
         if snap is None:
-            snap = self.store.meta_snapshot()
+            with self._tree_lock:
+                snap = _TopOver(self.store.meta_snapshot(), self._top)
             if height != 0 and snap.get_meta(META_STATE_ROOT) != self.state_root_at(height):
                 raise state_tree.TreeError(
                     f"the state tree of height {height} is no longer stored here"
@@ -1005,6 +1124,28 @@ class Application:
                 "it was not written by this application"
             )
         return root
+
+
+class _TopOver:
+    """A store, or a snapshot of one, read with the tree's top held in memory over it
+    (`Application._top`: None for a node removed since the store last got the top)."""
+
+    __slots__ = ("reader", "top")
+
+    def __init__(self, reader: Any, top: dict[bytes, bytes | None]) -> None:
+        self.reader = reader
+        self.top = top
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        top = self.top
+        if key in top:
+            return top[key]
+        value: bytes | None = self.reader.get_meta(key)
+        return value
+
+    def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
+        keys: list[bytes] = self.reader.meta_keys(start, stop, limit)
+        return keys
 
 
 def _tree_over(reader: Any, cache_nodes_max: int = state_tree.NODE_CACHE_MAX) -> Any:

@@ -7,7 +7,9 @@ Scenarios (docs/performance.md has the figures and how to read them):
 - ``latency``: open loop at `--rate` (default: 50% of a throughput probe);
 - ``scale``: throughput with N = 4, 7, 10 and 16 validators;
 - ``catchup``: a validator that missed `--txs` (100,000) transactions rejoins;
-- ``restart``: time from start to /ready with `--txs` (1,000,000) stored.
+- ``restart``: time from start to /ready with `--txs` (1,000,000) stored
+  (`--unclean`: from the store as a kill after its last block left it, so
+  the start recomputes the state tree's top first).
 
 How a run works
 ---------------
@@ -242,6 +244,8 @@ def check_args(args: Any) -> None:
         raise BenchError(f"--validators must be in 1..{VALIDATORS_MAX}, got {args.validators}")
     if args.duration is not None and not 1 <= args.duration <= DURATION_S_MAX:
         raise BenchError(f"--duration must be in 1..{DURATION_S_MAX:g} seconds")
+    if args.unclean and args.scenario != "restart":
+        raise BenchError("--unclean works with the restart scenario only")
     if args.rate is not None and not 0 < args.rate <= RATE_MAX:
         raise BenchError(f"--rate must be in (0, {RATE_MAX:g}] tx/s")
     if not 1 <= args.clients <= CLIENTS_MAX:
@@ -1250,8 +1254,18 @@ def _load_until_committed(net: Net, batches: Sequence[Batch], count: int, ceilin
     return done / max(1e-9, time.monotonic() - t0)
 
 
-def build_store(net_dir: Path, testnet: Any, senders: Sequence[tuple[str, Any]], count: int) -> int:
-    """Commit `count` signed puts to node0's store in full blocks; copy it into every home."""
+def build_store(
+    net_dir: Path,
+    testnet: Any,
+    senders: Sequence[tuple[str, Any]],
+    count: int,
+    *,
+    clean: bool = True,
+) -> int:
+    """Commit `count` signed puts to node0's store in full blocks; copy it into every home.
+
+    `clean` False leaves it as a node killed after its last block leaves it: the state
+    tree's top, held in memory, not written (node/app.py)."""
     from node.app import Application
     from node.genesis import Genesis
     from storage.keyfile import read_key
@@ -1279,6 +1293,8 @@ def build_store(net_dir: Path, testnet: Any, senders: Sequence[tuple[str, Any]],
                 raise BenchError(f"the restart fixture's block {cb.block.height} was refused")
             done += n
         height = store.head_height()
+        if clean:
+            app.write_tree_top()  # as a node stopping cleanly does
     finally:
         store.close()
     src = node0 / "data" / "chain"
@@ -1305,8 +1321,12 @@ def scenario_restart(args: Any, ceiling: float) -> list[dict[str, Any]]:
     senders = add_members(testnet, args.clients)
     say(f"building a store of {count} transactions (signing them takes a while)...")
     t = time.monotonic()
-    height = build_store(out, testnet, senders, count)
+    height = build_store(out, testnet, senders, count, clean=not args.unclean)
     say(f"  {height} blocks in {time.monotonic() - t:.0f} s")
+    chain0 = testnet.nodes[0].home / "data" / "chain"
+    killed = out / "node0-chain-killed"
+    if args.unclean:  # each run starts from the store as a kill left it
+        shutil.copytree(chain0, killed)
     net = Net([n.api_url for n in testnet.nodes], [n.name for n in testnet.nodes], senders,
               testnet.chain_id, Localnet(testnet), out)  # fmt: skip
     runs = []
@@ -1315,6 +1335,9 @@ def scenario_restart(args: Any, ceiling: float) -> list[dict[str, Any]]:
         net.localnet.wait_ready(READY_TIMEOUT_S)
         for r in range(args.runs):
             _stop_one(net, 0)
+            if args.unclean:
+                shutil.rmtree(chain0)
+                shutil.copytree(killed, chain0)
             t0 = time.monotonic()
             net.localnet.start()
             pid = net.localnet.processes[0].popen.pid
@@ -1330,6 +1353,7 @@ def scenario_restart(args: Any, ceiling: float) -> list[dict[str, Any]]:
                 "height_at_ready": int(status["height"]),
                 "txs_committed_at_ready": int(status["txs_committed"]),
                 "ready_s": round(t1 - t0, 3),
+                "unclean": bool(args.unclean),
                 "rss_peak_mb": process_peak_rss_mb(pid),
                 "load_average": load_average(),
             }
@@ -1479,6 +1503,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--txs", type=int, metavar="COUNT",
                    help="catchup: transactions missed (100000); restart: stored (1000000)")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the localnet directory")
+    p.add_argument("--unclean", action="store_true",
+                   help="restart: start from the store as a kill after its last block left it")  # fmt: skip
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -1496,7 +1522,7 @@ def run(args: Any) -> dict[str, Any]:
     params = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()
-        if k in ("validators", "nodes", "duration", "rate", "clients", "runs", "txs")
+        if k in ("validators", "nodes", "duration", "rate", "clients", "runs", "txs", "unclean")
     }
     doc = result(args.scenario, params, ceiling, runs, load_before)
     doc["commit"] = commit

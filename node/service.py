@@ -45,6 +45,7 @@ from consensus.types import (
 )
 from node import native
 from node.driver import Driver, PeerConnected, PeerMessage, Tick, is_sync_message
+from storage.store import StoreError
 
 log = logging.getLogger("redwood.node")
 
@@ -331,6 +332,11 @@ class Node:
                 task_status.started((p2p_port, api_port, metrics_port))
         finally:
             self.verify_pool.close()
+            try:
+                # no block is being applied: the nursery has waited for the apply thread
+                self.app.write_tree_top()
+            except StoreError as exc:  # the next start recomputes the top instead
+                log.error("writing the state tree's top at stop failed: %s", exc)
             self.store.close()
 
     async def _collect_garbage(self) -> None:

@@ -33,6 +33,7 @@ def args(**overrides: Any) -> argparse.Namespace:
         "runs": 1,
         "txs": None,
         "keep": False,
+        "unclean": False,
     }
     base.update(overrides)
     return argparse.Namespace(**base)
@@ -200,6 +201,7 @@ def test_pregen_count_covers_the_run() -> None:
         ({"nodes": ["ftp://x"], "keys": Path("k")}, "http"),
         ({"scenario": "catchup", "nodes": ["http://a"], "keys": Path("k")}, "--nodes"),
         ({"scenario": "catchup", "validators": 3}, "catchup"),
+        ({"unclean": True}, "--unclean"),
     ],
 )
 def test_check_args_refuses(overrides: dict[str, Any], words: str) -> None:
@@ -210,6 +212,7 @@ def test_check_args_refuses(overrides: dict[str, Any], words: str) -> None:
 def test_check_args_accepts_defaults() -> None:
     bench.check_args(args())
     bench.check_args(args(scenario="latency", rate=500.0, nodes=["http://a"], keys=Path("k")))
+    bench.check_args(args(scenario="restart", unclean=True))
 
 
 def test_parse_nodes() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,13 +369,20 @@ def _rewrite_meta(chain: ProofChain, entries: dict[bytes, bytes | None]) -> None
             db.put(b"a/" + key, value)
 
 
-def _tree_keys(chain: ProofChain) -> set[bytes]:
+def _tree_keys(chain: ProofChain, *, held: bool = True) -> set[bytes]:
+    """The tree's stored node keys, with the top the application holds over them."""
     from storage import state_tree
     from storage.store import prefix_end
 
     out: set[bytes] = set()
     for prefix in (state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX):
         out.update(chain.store.meta_keys(prefix, prefix_end(prefix)))
+    if held:
+        for key, raw in chain.app._top.items():
+            if raw is None:
+                out.discard(key)
+            else:
+                out.add(key)
     return out
 
 
@@ -402,6 +410,9 @@ def test_the_store_holds_the_live_tree_and_nothing_else(chain: ProofChain) -> No
         chain.commit([chain.tx(0, "put", f"w/{i}", f"v{round_}") for i in range(40)])
         chain.commit([chain.tx(0, "delete", f"w/{i}") for i in range(round_, 40, 7)])
         assert _tree_keys(chain) == _fresh_tree_keys(chain)
+    chain.app.write_tree_top()  # what a node does at a clean stop
+    assert not chain.app._top
+    assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
     for prefix in state_tree.LEGACY_PREFIXES:
         assert chain.store.meta_keys(prefix, prefix + b"\xff") == []
 
@@ -453,6 +464,7 @@ def test_a_record_bundle_whose_tree_nodes_are_gone_is_unavailable(chain: ProofCh
 
     chain.commit([chain.tx(0, "put", f"gone/{i}", "x") for i in range(5)])
     chain.advance(5)
+    chain.app.write_tree_top()  # a clean stop: the next start reads the top as stored
     db = chain.store._db
     for key in list(db.iterator(prefix=b"a/smt/n/\x00", include_value=False)):
         db.delete(key)  # the stored root node
@@ -467,6 +479,7 @@ def _to_legacy_layout(chain: ProofChain) -> set[bytes]:
     from node import app as app_module
     from storage import state_tree
 
+    chain.app.write_tree_top()  # that release held nothing in memory
     legacy = {
         b"smt/i/\x00" + b"\x01" * 8: b"node",
         b"smt/l/" + b"\x02" * 40: b"leaf",
@@ -475,6 +488,7 @@ def _to_legacy_layout(chain: ProofChain) -> set[bytes]:
     }
     entries: dict[bytes, bytes | None] = {k: None for k in _tree_keys(chain)}
     entries[app_module.TREE_LAYOUT_KEY] = None
+    entries[app_module.TREE_TOP_KEY] = None
     entries.update(legacy)
     _rewrite_meta(chain, entries)
     assert _tree_keys(chain) == set()
@@ -529,3 +543,111 @@ def test_a_tree_layout_this_node_does_not_know_is_refused(chain: ProofChain) -> 
     _rewrite_meta(chain, {app_module.TREE_LAYOUT_KEY: b"hashed/9"})
     with pytest.raises(StoreError, match="layout this node does not know"):
         app_module.Application(chain.store, chain.genesis)
+
+
+# -- the tree's top, held in memory between writes ------------------------------------
+
+
+def _stored_top_height(chain: ProofChain) -> int | None:
+    from node import app as app_module
+
+    raw = chain.store.get_meta(app_module.TREE_TOP_KEY)
+    return None if raw is None else int.from_bytes(raw, "big")
+
+
+def test_the_tree_top_is_written_every_flush_interval(chain: ProofChain) -> None:
+    """Between the heights that write it, the top lives in memory only; the store holds
+    the one of the last such height, and a proof of any height in the window verifies."""
+    from storage import state_tree
+
+    chain.app.tree_top_flush_blocks = 4
+    chain.commit([chain.tx(0, "put", f"t/{i}", "a") for i in range(30)])
+    while chain.store.head_height() % 4:
+        chain.advance(1)
+    seen_held = False
+    for round_ in range(9):
+        chain.commit([chain.tx(0, "put", f"t/{i}", f"v{round_}") for i in range(round_, 30, 3)])
+        head = chain.store.head_height()
+        stored = _stored_top_height(chain)
+        assert stored == head - head % 4
+        if head % 4:
+            assert chain.app._top and stored is not None and stored < head
+            seen_held = True
+            assert not any(chain.store.get_meta(k) == v for k, v in chain.app._top.items())
+        else:
+            assert chain.app._top == {}
+        assert _tree_keys(chain) == _fresh_tree_keys(chain)
+        khash = state_tree.key_hash(record_state_key("agency0", b"t/3"))
+        for h in range(max(1, head - 3), head + 1):
+            proof = chain.app.prove_state(h, khash)
+            assert state_tree.verify(chain.app.state_root_at(h), khash, proof.leaf[1], proof)
+    assert seen_held
+
+
+def test_a_start_after_an_unclean_stop_recomputes_the_top(
+    chain: ProofChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    from node import app as app_module
+
+    for round_ in range(3):
+        chain.commit([chain.tx(0, "put", f"u/{i}", f"v{round_}") for i in range(50)])
+    chain.commit([chain.tx(0, "delete", f"u/{i}") for i in range(0, 50, 4)])
+    head = chain.store.head_height()
+    assert chain.app._top and _stored_top_height(chain) != head  # held, then a crash
+    with caplog.at_level(logging.WARNING, logger="redwood.app"):
+        restarted = app_module.Application(chain.store, chain.genesis)
+    assert "recomputing them" in caplog.text and "recomputed" in caplog.text
+    assert _stored_top_height(chain) == head
+    assert restarted.state_root() == chain.app.state_root()
+    chain.app = restarted
+    assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
+    chain.commit([chain.tx(0, "put", "u/1", "after")])
+    chain.advance(4)
+    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"u/1")
+    assert bytes.fromhex(bundle["value"]) == b"after"
+    verify_bundle(bundle, chain.genesis)
+    caplog.clear()
+    chain.app.write_tree_top()
+    with caplog.at_level(logging.WARNING, logger="redwood.app"):
+        app_module.Application(chain.store, chain.genesis)  # after a clean stop: nothing to do
+    assert "recomput" not in caplog.text
+    # blocks that change no state hold nothing, so a kill after them loses nothing
+    chain.advance(3)
+    assert chain.app._top == {} and _stored_top_height(chain) == chain.store.head_height()
+    with caplog.at_level(logging.WARNING, logger="redwood.app"):
+        app_module.Application(chain.store, chain.genesis)
+    assert "recomput" not in caplog.text
+
+
+def test_a_top_that_disagrees_with_the_stored_root_refuses_the_store(chain: ProofChain) -> None:
+    from node import app as app_module
+    from storage.store import StoreError
+
+    chain.commit([chain.tx(0, "put", f"d/{i}", "x") for i in range(40)])
+    chain.commit([chain.tx(0, "put", f"d/{i}", "y") for i in range(10)])
+    assert _stored_top_height(chain) != chain.store.head_height()
+    leaf = next(k for k in _tree_keys(chain, held=False) if k.startswith(b"smt/k/"))
+    _rewrite_meta(chain, {leaf: leaf[6:] + b"\x00" * 32})  # a leaf's value hash changed
+    with pytest.raises(StoreError, match=r"store is damaged.*redwood repair"):
+        app_module.Application(chain.store, chain.genesis)
+    _rewrite_meta(chain, {leaf: b"\x01" * 64})  # a leaf that holds another key
+    with pytest.raises(StoreError, match=r"state tree is damaged.*holds another key"):
+        app_module.Application(chain.store, chain.genesis)
+
+
+def test_a_store_of_the_first_position_layout_is_read_as_it_is(
+    chain: ProofChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    """position/1 (stop 25) wrote the top with every block: its stored top is current."""
+    from node import app as app_module
+
+    chain.commit([chain.tx(0, "put", f"p/{i}", "x") for i in range(40)])
+    chain.app.write_tree_top()
+    _rewrite_meta(chain, {app_module.TREE_LAYOUT_KEY: b"position/1", app_module.TREE_TOP_KEY: None})
+    with caplog.at_level(logging.WARNING, logger="redwood.app"):
+        chain.app = app_module.Application(chain.store, chain.genesis)
+    assert caplog.text == ""
+    chain.commit([chain.tx(0, "put", "p/1", "y")])
+    assert chain.store.get_meta(app_module.TREE_LAYOUT_KEY) == app_module.TREE_LAYOUT
+    assert _stored_top_height(chain) == chain.store.head_height()
+    assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
