@@ -12,7 +12,7 @@ and LevelDB's own compaction table.
 Ablations, for finding what the compactions carry (never for figures of the node):
 
 - ``--drop-prefix b/``: writes under that prefix are kept in memory, not in
-  LevelDB (reads of them still work); ``\\xNN`` escapes give other bytes, e.g.
+  LevelDB (reads and key listings of them still work); ``\\xNN`` escapes give other bytes, e.g.
   ``'a/smt/n/\\x00'`` for the tree's root node;
 - ``--opt name=value``: a LevelDB option (`storage.store._DB_OPTIONS`);
 - ``--top-every N``: write the state tree's top (depths 0-3, held in memory
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import heapq
 import os
 import shutil
 import sys
@@ -107,8 +108,29 @@ class _DroppingDb:
             return self._memory[key]
         return self.db.get(key, *args, **kwargs)
 
+    def iterator(self, *, start: bytes, stop: bytes, include_value: bool = True) -> Any:
+        """Keys in [start, stop) from LevelDB and memory (the state tree lists leaves)."""
+        if include_value:
+            raise NotImplementedError("only key listings see the dropped writes")
+        kept = sorted(k for k in self._memory if start <= k < stop)
+        return _Listing(self.db.iterator(start=start, stop=stop, include_value=False), kept)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.db, name)
+
+
+class _Listing:
+    """A plyvel key iterator merged with sorted keys held in memory."""
+
+    def __init__(self, it: Any, kept: list[bytes]) -> None:
+        self._it, self._kept = it, kept
+
+    def __enter__(self) -> Any:
+        self._it.__enter__()
+        return heapq.merge(self._it, self._kept)
+
+    def __exit__(self, *exc: object) -> Any:
+        return self._it.__exit__(*exc)
 
 
 def _prefix_bytes(text: str) -> bytes:
