@@ -105,6 +105,7 @@ header certifying a validator-set change has committed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import struct
@@ -131,7 +132,7 @@ from consensus.types import (
 from node import governance
 from node.genesis import Genesis
 from node.governance import GOV_OPS, GovBlock, GovError, GovState
-from node.proofs import epoch_change_json, epoch_proof_key, value_hash
+from node.proofs import VALUE_HASH_TAG, epoch_change_json, epoch_proof_key, value_hash
 from node.txs import decode_tx
 from node.verify_pool import VerifyItem, verify_serial
 from storage import state_tree
@@ -165,6 +166,7 @@ TREE_REBUILD_KEYS = 100_000  # keys per batch when rebuilding a store's tree in 
 CLAIM_WAIT_S = 10.0
 
 _U64 = struct.Struct(">Q")
+_sha256 = hashlib.sha256
 _TX_FIELDS = len(codec.schema(Transaction))
 # canonical tx bytes: fixarray(3) version tag fixarray(fields) ... bin8(64) signature
 _TX_PREFIX = (
@@ -713,24 +715,32 @@ class Application:
         does, from `versions`, the current version of each key before the block), and
         each written key's version and value hash after the block. `known`: value
         hashes the keys are believed to hold before the block (the tree checks them)."""
-        counts: dict[bytes, int] = {}
         last: dict[bytes, bytes | None] = {}
         for w in writes:
-            counts[w.key] = counts.get(w.key, 0) + 1
             last[w.key] = w.value
+        counts: dict[bytes, int] = {}
+        if len(last) != len(writes):  # a key written twice: counted (else once each)
+            for w in writes:
+                counts[w.key] = counts.get(w.key, 0) + 1
         changes: dict[bytes, bytes | None] = {}
         known_by_hash: dict[bytes, bytes] = {}
         current: dict[bytes, bytes] = {}
-        key_hash = state_tree.key_hash
+        # node/proofs.py `value_hash`, with the part every write of the block shares joined once
+        tagged = VALUE_HASH_TAG + _U64.pack(height)
         for key, value in last.items():
-            kh = key_hash(key)
+            kh = _sha256(key).digest()  # state_tree.key_hash
             old = known.get(key)
             if old is not None:
                 known_by_hash[kh] = old
-            version = versions[key] + counts[key]
-            vh = None if value is None else value_hash(height, version, value)
-            changes[kh] = vh
-            current[key] = pack_current(version, vh)
+            version = versions[key] + (counts[key] if counts else 1)
+            packed = version.to_bytes(_VERSION_BYTES, "big")
+            if value is None:
+                changes[kh] = None
+                current[key] = packed  # pack_current(version, None)
+            else:
+                vh = _sha256(b"".join((tagged, packed, value))).digest()
+                changes[kh] = vh
+                current[key] = packed + vh  # pack_current(version, vh)
         return self.tree.update(prev, changes, height, known=known_by_hash), current
 
     def _rebuild_tree(self) -> None:

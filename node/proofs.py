@@ -68,11 +68,14 @@ def record_state_key(agency: str, key: bytes) -> bytes:
     return RECORD_PREFIX + agency.encode("utf-8") + b"\x00" + key
 
 
+VALUE_HASH_TAG = b"redwood/value/v1"
+
+
 def value_hash(height: int, version: int, value: bytes) -> bytes:
-    """What a state-tree leaf holds for `value`, version `version` of its key, written at `height`."""
-    return hashlib.sha256(
-        b"redwood/value/v1" + _U64.pack(height) + _U64.pack(version) + value
-    ).digest()
+    """What a state-tree leaf holds for `value`, version `version` of its key, written at `height`.
+
+    node/app.py computes the same for a block's writes in `_update_tree`."""
+    return hashlib.sha256(VALUE_HASH_TAG + _U64.pack(height) + _U64.pack(version) + value).digest()
 
 
 # -- JSON forms ------------------------------------------------------------------------

@@ -651,3 +651,15 @@ def test_a_store_of_the_first_position_layout_is_read_as_it_is(
     assert chain.store.get_meta(app_module.TREE_LAYOUT_KEY) == app_module.TREE_LAYOUT
     assert _stored_top_height(chain) == chain.store.head_height()
     assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
+
+
+def test_a_key_written_twice_in_a_block_holds_its_last_version(chain: ProofChain) -> None:
+    """The root counts every write of a key in a block (its version), as the records do."""
+    chain.commit([chain.tx(0, "put", "twice", "a"), chain.tx(0, "put", "twice", "b")])
+    chain.commit([chain.tx(0, "delete", "twice"), chain.tx(0, "put", "twice", "c")])
+    assert chain.store.get_record(record_state_key("agency0", b"twice")).version == 4
+    _fresh_tree_keys(chain)  # asserts the app's root is the one of the stored records
+    chain.advance(4)
+    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"twice")
+    assert bytes.fromhex(bundle["value"]) == b"c" and bundle["version"] == 4
+    verify_bundle(bundle, chain.genesis)
