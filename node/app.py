@@ -881,17 +881,20 @@ class Application:
         self._add_epoch_proofs(cb, executed.meta)
         status = executed.tx_status
         height = cb.block.header.height
+        # made before the commit: nothing may fail between the commit and holding its top
+        # (a clean stop would write a top that misses this block's changes)
+        if executed.top_written:
+            top: dict[bytes, bytes | None] = {}
+        else:
+            top = {**self._top, **executed.top} if executed.top else self._top
         with self._tree_lock:
             self.store.commit_block(
                 cb, executed.writes, executed.meta, status, sync=sync, versions=executed.versions,
                 tx_hashes=executed.tx_hashes, first_seen=[s != _DUPLICATE for s in status],
             )  # fmt: skip
-            if executed.top_written:
-                self._set_top({})
-            elif executed.top:
-                self._set_top({**self._top, **executed.top})
+            self._set_top(top)
             # the tree of this height, for proofs while later blocks overwrite its nodes
-            self._snapshots[height] = _TopOver(self.store.meta_snapshot(), self._top)
+            self._snapshots[height] = _TopOver(self.store.meta_snapshot(), top)
         self._snapshots.pop(height - self.tree_snapshots_kept, None)
         self.forget(executed.tx_hashes)
         if executed.current:
