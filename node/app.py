@@ -662,7 +662,7 @@ class Application:
         nodes = update.nodes
         for i in range(0, len(nodes), 2):
             key = nodes[i]
-            if key[6] < state_tree.TOP_DEPTHS:
+            if state_tree.is_top(key):
                 top[key] = meta.pop(key, None)
         return top
 
