@@ -88,9 +88,14 @@ and a proof reads that height's tree from it (`prove_state`), or from a
 snapshot of now when no block since has changed the root. Older heights, and heights from before
 the process started whose root is not the newest one, answer 503
 `proof_unavailable` (ask again: the certified height moves up within
-pipeline_depth blocks). A store whose tree was written per version (before
-stop 25) has its tree rebuilt from the current state the first time it is
-opened (`_rebuild_tree`), checked against the stored root.
+pipeline_depth blocks). A leaf holds its state key (`names` of
+`StateTree.update`), written when the key is created and deleted with it;
+its value hash is read from the key's record (`_leaf_reader`), at the head or
+in a height's snapshot, so a block that updates existing keys writes no
+leaf. A store whose tree an older release wrote (per version before stop 25,
+or with leaves holding value hashes, layouts position/1-2 of stops 25-26)
+has its tree rebuilt from the current state the first time it is opened
+(`_rebuild_tree`), checked against the stored root.
 The application remembers the version and value hash of the keys the latest
 blocks wrote (`CURRENT_CACHE_KEYS` per generation, two generations, filled
 only after a block has committed): a block writing them then needs no
@@ -153,10 +158,12 @@ TX_MESSAGE_TAG = 1  # consensus.types registers Transaction as message 1
 # heights whose tree stays readable for proofs: 2 x pipeline_depth + this (module docstring)
 TREE_SNAPSHOTS_MARGIN = 4
 TREE_LAYOUT_KEY = b"smt/layout"  # the tree's storage layout (storage/state_tree.py)
-# position/2: the tree's top written every TREE_TOP_FLUSH_BLOCKS only, with TREE_TOP_KEY;
-# position/1 (stop 25) wrote it with every block, so its stored top is always current
-TREE_LAYOUT = b"position/2"
-TREE_LAYOUTS_READ = (b"position/1", TREE_LAYOUT)
+# the tree's top is written every TREE_TOP_FLUSH_BLOCKS only (since position/2), with
+# TREE_TOP_KEY; a leaf holds its state key, written only when the key is created
+TREE_LAYOUT = b"position/3"  # leaves by name: the state key (storage/state_tree.py)
+# layouts of older releases, rebuilt once in this one (`_rebuild_tree`): nodes per version
+# (None: no marker), then by position with leaves that held their value hash
+TREE_LAYOUTS_REBUILT = (None, b"position/1", b"position/2")
 TREE_TOP_KEY = b"smt/top"  # u64 BE: the height whose tree top (depths 0-3) the store holds
 TREE_TOP_FLUSH_BLOCKS = 32  # the top is written with the blocks at multiples of this height
 REPAIR_HINT = f"Run `{RECOVERY_COMMAND}` to drop its data and sync again."
@@ -380,17 +387,17 @@ class Application:
         self._current: dict[bytes, bytes] = {}
         self._current_old: dict[bytes, bytes] = {}
         layout = store.get_meta(TREE_LAYOUT_KEY)
-        if layout is not None and layout not in TREE_LAYOUTS_READ:
+        if layout != TREE_LAYOUT and layout not in TREE_LAYOUTS_REBUILT:
             raise StoreError(
                 f"the state tree is stored in a layout this node does not know ({layout!r}); "
                 "a newer Redwood wrote it"
             )
         # a new store gets the marker with its first block (which writes the top), one
-        # stored per version is rebuilt now, and one whose top was lost is recomputed now
+        # in an older layout is rebuilt now, and one whose top was lost is recomputed now
         self._layout_unmarked = layout != TREE_LAYOUT
         head = store.head_height()
-        if layout is None and head > 0:
-            self._rebuild_tree()
+        if layout != TREE_LAYOUT and head > 0:
+            self._rebuild_tree(layout)
         elif layout == TREE_LAYOUT:
             top = store.get_meta(TREE_TOP_KEY)
             if top is None or _U64.unpack(top)[0] != head:
@@ -724,6 +731,7 @@ class Application:
                 counts[w.key] = counts.get(w.key, 0) + 1
         changes: dict[bytes, bytes | None] = {}
         known_by_hash: dict[bytes, bytes] = {}
+        names: dict[bytes, bytes] = {}  # what a created key's leaf holds: its state key
         current: dict[bytes, bytes] = {}
         # node/proofs.py `value_hash`, with the part every write of the block shares joined once
         tagged = VALUE_HASH_TAG + _U64.pack(height)
@@ -740,11 +748,14 @@ class Application:
             else:
                 vh = _sha256(b"".join((tagged, packed, value))).digest()
                 changes[kh] = vh
+                names[kh] = key
                 current[key] = packed + vh  # pack_current(version, vh)
-        return self.tree.update(prev, changes, height, known=known_by_hash), current
+        update = self.tree.update(prev, changes, height, known=known_by_hash, names=names)
+        return update, current
 
-    def _rebuild_tree(self) -> None:
-        """Store the tree by position, from the current state (a store written per version).
+    def _rebuild_tree(self, layout: bytes | None) -> None:
+        """Store the tree in this release's layout, from the current state (a store whose
+        tree an older release wrote: per version, or with leaves that held value hashes).
 
         The new tree's root must be the head's stored state root before the old
         layout's keys are deleted; an interrupted rebuild starts again at the next
@@ -752,25 +763,27 @@ class Application:
         store = self.store
         head = store.head_height()
         log.warning(
-            "the state tree is stored per version (an older release): storing it by "
-            "position, once, from the current state at height %d",
-            head,
-        )
+            "the state tree is stored in an older layout (%s): rebuilding it, once, from "
+            "the current state at height %d",
+            "per version" if layout is None else layout.decode("ascii", "replace"), head,
+        )  # fmt: skip
         started = time.monotonic()
         self._delete_meta_prefixes((state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX))
-        # 64 bytes a key (key hash, value hash): ~100 MB with Python's overhead for 1,000,000
+        # key hash, value hash, state key: ~150 MB with Python's overhead for 1,000,000
         pairs: list[bytes] = []
         for skey in store.state_keys():
             rv = store.get_record(skey)
             if rv is not None and rv.value is not None:
                 pairs.append(
-                    state_tree.key_hash(skey) + value_hash(rv.height, rv.version, rv.value)
+                    state_tree.key_hash(skey) + value_hash(rv.height, rv.version, rv.value) + skey
                 )
         pairs.sort()
         root: state_tree.NodeRef | None = None
         for lo in range(0, len(pairs), TREE_REBUILD_KEYS):
-            chunk = {p[:32]: p[32:] for p in pairs[lo : lo + TREE_REBUILD_KEYS]}
-            update = self.tree.update(root, chunk, head)
+            part = pairs[lo : lo + TREE_REBUILD_KEYS]
+            chunk = {p[:32]: p[32:64] for p in part}
+            names = {p[:32]: p[64:] for p in part}
+            update = self.tree.update(root, chunk, head, names=names)
             meta: dict[bytes, bytes | None] = dict.fromkeys(update.deleted)
             meta.update(update.puts)
             store.write_meta(meta)
@@ -794,10 +807,7 @@ class Application:
         )
         self._layout_unmarked = False
         self._delete_meta_prefixes(state_tree.LEGACY_PREFIXES)
-        log.warning(
-            "state tree stored by position: %d keys in %.1f s", len(pairs),
-            time.monotonic() - started,
-        )  # fmt: skip
+        log.warning("state tree rebuilt: %d keys in %.1f s", len(pairs), time.monotonic() - started)
 
     def _recompute_top(self, head: int, stored: int | None) -> None:
         """Recompute and store the tree's top: the process that wrote the store stopped
@@ -814,7 +824,9 @@ class Application:
         started = time.monotonic()
         expected = self.root_ref_at(head)
         try:
-            nodes, root = state_tree.top_levels(store.get_meta, store.meta_keys, head)
+            nodes, root = state_tree.top_levels(
+                store.get_meta, store.meta_keys, head, _leaf_reader(store)
+            )
         except state_tree.TreeError as exc:
             raise StoreError(f"the state tree is damaged: {exc}. {REPAIR_HINT}") from None
         if (None if root is None else (root.hash, root.is_leaf)) != (
@@ -1160,15 +1172,49 @@ class _TopOver:
         keys: list[bytes] = self.reader.meta_keys(start, stop, limit)
         return keys
 
+    def get_record(self, key: bytes) -> Any:
+        return self.reader.get_record(key)
+
 
 def _tree_over(reader: Any, cache_nodes_max: int = state_tree.NODE_CACHE_MAX) -> Any:
-    """A state tree reading through `reader`'s `get_meta` and `meta_keys` (a store or a
-    snapshot of one); a leaf's slot holds one key, a few to spare for a damaged store."""
+    """A state tree reading through `reader`'s `get_meta`, `meta_keys` and `get_record`
+    (a store or a snapshot of one); a leaf's slot holds one key, a few to spare for a
+    damaged store."""
     return state_tree.StateTree(
         reader.get_meta,
         cache_nodes_max=cache_nodes_max,
         keys=lambda lo, hi: reader.meta_keys(lo, hi, 16),
+        leaf=_leaf_reader(reader),
     )
+
+
+def _leaf_reader(reader: Any) -> Callable[[bytes], bytes | None]:
+    """The tree's leaves as `reader` (a store or a snapshot of one) holds them: a leaf
+    stores its state key, and the key's current record gives the value hash.
+
+    Returns a function of a leaf's storage key -> key hash + value hash (None: no leaf),
+    TreeError for a leaf that names another key or a key without a value."""
+    get_meta, get_record = reader.get_meta, reader.get_record
+    skip = len(state_tree.LEAF_PREFIX)
+
+    def leaf(key: bytes) -> bytes | None:
+        name = get_meta(key)
+        if name is None:
+            return None
+        name = bytes(name)
+        khash = key[skip:]
+        if _sha256(name).digest() != khash:
+            raise state_tree.TreeError(
+                f"state tree leaf {khash.hex()} holds another key (corrupt store)"
+            )
+        rv = get_record(name)
+        if rv is None or rv.value is None:
+            raise state_tree.TreeError(
+                f"state tree leaf {khash.hex()} holds a key without a value (corrupt store)"
+            )
+        return khash + value_hash(rv.height, rv.version, rv.value)
+
+    return leaf
 
 
 def _written_value(tx: Transaction) -> bytes | None:

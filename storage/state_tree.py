@@ -21,7 +21,13 @@ when the node does, so an update overwrites in place:
   bitmap u16, leafmask u16, child hashes 32*k, child versions u64*k (the
   height each child was last written: kept in the bytes, read by nothing)
 - leaf:     ``smt/k/`` key hash -> key_hash, value_hash (a leaf that moves,
-  when a new key splits its slot or its siblings go, keeps its key)
+  when a new key splits its slot or its siblings go, keeps its key); or, in a
+  tree made with a `leaf` callable, -> the caller's name for the key (node/app.py:
+  the state key, whose record gives the value hash). Such a leaf is written
+  when its key is created and deleted with it, never when its value changes: a
+  block that updates existing keys writes no leaf at all. Leaves rewritten per
+  value were ~2.8 us of LevelDB's compaction a transaction (bench/compaction.py,
+  300,000 transactions), most of what the tree still cost it.
 
 and ``smt/r/`` u64 height -> the root reference after that height (empty for
 the empty tree). An update returns the node writes and the stored keys it
@@ -261,6 +267,7 @@ def top_levels(
     get: Callable[[bytes], bytes | None],
     list_keys: Callable[[bytes, bytes, int], list[bytes]],
     version: int,
+    leaf: Callable[[bytes], bytes | None] | None = None,
 ) -> tuple[dict[bytes, bytes], NodeRef | None]:
     """The tree's top (internal nodes of depths 0-3) and root, recomputed from the rest.
 
@@ -271,7 +278,8 @@ def top_levels(
     corrupt), listed by key hash in runs of such prefixes. Returns storage key -> stored
     bytes of every top node (child versions `version`), and the root reference; the
     caller compares the root with the one it stored. `list_keys(lo, hi, limit)`: the
-    sorted stored keys in [lo, hi), at most `limit`. TreeError for a corrupt store.
+    sorted stored keys in [lo, hi), at most `limit`; `leaf`: as `StateTree`'s, for
+    leaves stored by name. TreeError for a corrupt store.
     About 0.3 s at 1,000,000 records (65,536 depth-4 nodes read and hashed).
     """
     width = 16**TOP_DEPTHS
@@ -298,7 +306,7 @@ def top_levels(
         lo = LEAF_PREFIX + p.to_bytes(2, "big")
         hi = LEAF_PREFIX + q.to_bytes(2, "big") if q < width else _LEAF_END
         for key in list_keys(lo, hi, q - p + 1):
-            raw = get(key)
+            raw = get(key) if leaf is None else leaf(key)
             if len(key) != len(LEAF_PREFIX) + 32 or raw is None or len(raw) != 64:
                 raise TreeError(f"state tree leaf {key!r} is malformed (corrupt store)")
             raw = bytes(raw)
@@ -386,11 +394,16 @@ class StateTree:
         *,
         cache_nodes_max: int = NODE_CACHE_MAX,
         keys: Callable[[bytes, bytes], list[bytes]] | None = None,
+        leaf: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         if cache_nodes_max < 1:
             raise ValueError("state tree: cache_nodes_max must be at least 1")
         self._get = get
         self._keys = keys
+        # leaves stored by name (see `update`'s `names`): `leaf` reads one as key hash +
+        # value hash; else a leaf is stored as those 64 bytes and read with `get`
+        self.by_name = leaf is not None
+        self._leaf_get = get if leaf is None else leaf
         # slot i holds storage key + stored bytes of one internal node, or None
         self._slots: list[bytes | None] = [None] * cache_nodes_max
         self._d4_base = min(_UPPER_POSITIONS, cache_nodes_max - 1)
@@ -469,10 +482,10 @@ class StateTree:
 
     def _stored_leaf(self, key: bytes, lhash: bytes) -> bytes | None:
         """The leaf stored under `key` if it is the one of hash `lhash`."""
-        raw = self._get(key)
+        raw = self._leaf_get(key)
         if raw is None:
             return None
-        if len(raw) != 64:
+        if len(raw) != 64 or raw[:32] != key[len(LEAF_PREFIX) :]:
             raise TreeError("malformed state tree leaf")
         raw = bytes(raw)
         return raw if _sha256(b"\x00" + raw).digest() == lhash else None
@@ -553,6 +566,7 @@ class StateTree:
         version: int,
         *,
         known: Mapping[bytes, bytes] | None = None,
+        names: Mapping[bytes, bytes] | None = None,
     ) -> Update:
         """Apply `changes` (key_hash -> value_hash, None deletes) as version `version`.
 
@@ -562,7 +576,12 @@ class StateTree:
         `leaf_hash(key, known value)` is known to be that leaf, which is then
         not read. A wrong or stale entry only costs the read (the leaf hash
         decides, so the result never depends on `known`).
-        ValueError if a key or value hash is not 32 bytes.
+        `names` (a tree made with `leaf`: required) maps each key hash that
+        `changes` sets to what a new leaf of it stores (the caller's name for
+        the key, from which its `leaf` callable finds the value hash). Such a
+        tree writes a leaf only when its key is created, and deletes it with
+        the key: a new value of a key it holds writes no leaf.
+        ValueError if a key or value hash is not 32 bytes, or a name is missing.
         """
         if not changes:
             return Update(root, {}, [])
@@ -574,7 +593,12 @@ class StateTree:
             raise ValueError("state tree: value hashes must be 32 bytes (or None)")
         if known and set(map(type, known.values())) != {bytes}:
             raise ValueError("state tree: known value hashes must be bytes")
-        batch = _Batch(self, keys, vals, version, known or _NOTHING)
+        if self.by_name and (
+            names is None
+            or any(v is not None and k not in names for k, v in zip(keys, vals, strict=True))
+        ):
+            raise ValueError("state tree: a tree with leaves by name needs every key's name")
+        batch = _Batch(self, keys, vals, version, known or _NOTHING, names or _NOTHING)
         n = len(keys)
         kind = 0 if root is None else 1 if root.is_leaf else 2
         rhash, rver = (b"", b"") if root is None else (root.hash, _U64.pack(root.version))
@@ -617,8 +641,8 @@ class _Batch:
     """
 
     __slots__ = (
-        "d4_base", "d4_mod", "get", "keys", "known", "nodes", "puts", "slots", "stale", "tree",
-        "vals", "ver8",
+        "by_name", "d4_base", "d4_mod", "get", "keys", "known", "names", "nodes", "puts",
+        "slots", "stale", "tree", "vals", "ver8",
     )  # fmt: skip
 
     def __init__(
@@ -628,9 +652,12 @@ class _Batch:
         vals: list[bytes | None],
         version: int,
         known: Mapping[bytes, bytes],
+        names: Mapping[bytes, bytes],
     ) -> None:
         self.tree = tree
         self.known = known
+        self.names = names
+        self.by_name = tree.by_name
         self.slots = tree._slots
         self.d4_base = tree._d4_base
         self.d4_mod = tree._d4_mod
@@ -742,7 +769,7 @@ class _Batch:
             kv = k + v
             h = _sha256(b"\x00" + kv).digest()
             ver8 = self.ver8
-            self.puts[LEAF_PREFIX + k] = kv
+            self.puts[LEAF_PREFIX + k] = self.names[k] if self.by_name else kv
             head = _U16.pack(bitmap | bit) + _U16.pack((raw[2] << 8 | raw[3]) | bit)
             hpart = raw[4:o] + h + raw[o:vbase]
             out = head + hpart + raw[vbase:vo] + ver8 + raw[vo:]
@@ -765,11 +792,12 @@ class _Batch:
                     new = _GONE
                 elif lraw.endswith(v):
                     return None  # the same value again
-                else:  # the common case: the leaf replaced
-                    self.stale.append(lkey)
+                else:  # the common case: the leaf replaced (by name: it stays as it is)
                     kv = k + v
                     h = _sha256(b"\x00" + kv).digest()
-                    self.puts[lkey] = kv
+                    if not self.by_name:
+                        self.stale.append(lkey)
+                        self.puts[lkey] = kv
                     new = h, self.ver8, True
             elif v is None:
                 return None  # deleting an absent key
@@ -902,10 +930,17 @@ class _Batch:
         return self.put_node(pos, depth, new_bm, new_lm, b"".join(hashes), b"".join(versions))
 
     def new_leaf(self, khash: bytes, vhash: bytes) -> _Ref:
+        """The leaf of a key the tree does not hold."""
         kv = khash + vhash
         h = _sha256(b"\x00" + kv).digest()
-        self.puts[LEAF_PREFIX + khash] = kv
+        self.puts[LEAF_PREFIX + khash] = self.names[khash] if self.by_name else kv
         return h, self.ver8, True
+
+    def new_value(self, khash: bytes, vhash: bytes) -> _Ref:
+        """The leaf of a key the tree holds, with a new value (by name: not rewritten)."""
+        if self.by_name:
+            return _sha256(b"\x00" + khash + vhash).digest(), self.ver8, True
+        return self.new_leaf(khash, vhash)
 
     def empty_slot(self, depth: int, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) to an empty slot at `depth`."""
@@ -930,8 +965,10 @@ class _Batch:
         if raw.startswith(k):
             if raw[32:] == v:
                 return None
-            self.stale.append(key)
-            return _GONE if v is None else self.new_leaf(k, v)
+            if v is None:
+                self.stale.append(key)
+                return _GONE
+            return self.new_value(k, v)
         if v is None:
             return None  # deleting an absent key
         return self.split(lhash, lver8, raw[:32], depth, k, v)
@@ -982,7 +1019,9 @@ class _Batch:
                     kept = v == lval
                     if not kept:
                         if v is not None:
-                            refs.append((k, self.new_leaf(k, v)))
+                            refs.append((k, self.new_value(k, v)))
+                        else:
+                            self.stale.append(LEAF_PREFIX + lkey)
                         continue
                 refs.append((lkey, (lhash, lver8, True)))
                 if k == lkey:
@@ -993,8 +1032,6 @@ class _Batch:
             refs.append((lkey, (lhash, lver8, True)))
         if kept and len(refs) == 1:
             return None
-        if not kept:
-            self.stale.append(LEAF_PREFIX + lkey)
         if not refs:
             return _GONE
         return refs[0][1] if len(refs) == 1 else self.build(depth, refs)

@@ -548,18 +548,24 @@ class ChainStore:
 
     @_leveldb_errors
     def get_record(self, key: bytes) -> RecordVersion | None:
+        return self._current_record(self._db.get, key)
+
+    def _current_record(self, get: Any, key: bytes) -> RecordVersion | None:
+        """The current version of `key`, read with `get` (the database's, or a snapshot's)."""
         key = bytes(key)
-        current = self._db.get(_STATE + key)
+        current = get(_STATE + key)
         if current is None:
             return None
         if len(current) != _U64.size or len(key) > STATE_KEY_BYTES_MAX:
             raise self._corrupt("a current-version entry is malformed")
-        raw = self._db.get(_history_prefix(key) + current)
+        raw = get(_history_prefix(key) + current)
         if raw is None:
             raise self._corrupt("the current version of a state key is missing")
-        return self._record_version(key, _U64.unpack(current)[0], raw)
+        return self._record_version(key, _U64.unpack(current)[0], raw, get)
 
-    def _record_version(self, key: bytes, version: int, raw: bytes) -> RecordVersion:
+    def _record_version(
+        self, key: bytes, version: int, raw: bytes, get: Any = None
+    ) -> RecordVersion:
         if len(raw) < _VERSION.size:
             raise self._corrupt("a state version entry is malformed")
         height, tx_index, kind = _VERSION.unpack_from(raw)
@@ -569,7 +575,7 @@ class ChainStore:
             if len(raw) != _VERSION.size + _U32.size:
                 raise self._corrupt("a state version entry is malformed")
             seq = _U32.unpack_from(raw, _VERSION.size)[0]
-            value = self._db.get(_VALUE_KEY.pack(_VALUES, height, seq))
+            value = (self._db.get if get is None else get)(_VALUE_KEY.pack(_VALUES, height, seq))
             if value is None:
                 raise self._corrupt(f"a state value written at height {height} is missing")
         elif kind == 0 and len(raw) == _VERSION.size:
@@ -1017,6 +1023,13 @@ class MetaSnapshot:
     def meta_keys(self, start: bytes, stop: bytes, limit: int = 1_000_000) -> list[bytes]:
         try:
             return _list_meta_keys(self._snapshot, start, stop, limit)
+        except (plyvel.CorruptionError, plyvel.IOError, RuntimeError) as exc:
+            raise StoreError(f"chain store {self._store.path}: reading a snapshot: {exc}") from None
+
+    def get_record(self, key: bytes) -> RecordVersion | None:
+        """The current version of a state key as it was at the snapshot (`ChainStore.get_record`)."""
+        try:
+            return self._store._current_record(self._snapshot.get, key)
         except (plyvel.CorruptionError, plyvel.IOError, RuntimeError) as exc:
             raise StoreError(f"chain store {self._store.path}: reading a snapshot: {exc}") from None
 

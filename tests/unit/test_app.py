@@ -92,9 +92,10 @@ class FakeStore:
         return keys[:limit]
 
     def meta_snapshot(self) -> FakeStore:
-        """A frozen copy of the meta entries (reads only)."""
+        """A frozen copy of the meta entries and records (reads only)."""
         snap = FakeStore(self.genesis_hash)
         snap.meta = dict(self.meta)
+        snap.state = {k: list(v) for k, v in self.state.items()}
         return snap
 
     def write_meta(self, meta: Mapping[bytes, bytes | None]) -> None:

@@ -625,32 +625,105 @@ def test_a_top_that_disagrees_with_the_stored_root_refuses_the_store(chain: Proo
 
     chain.commit([chain.tx(0, "put", f"d/{i}", "x") for i in range(40)])
     chain.commit([chain.tx(0, "put", f"d/{i}", "y") for i in range(10)])
+    chain.commit([chain.tx(0, "put", "e", "x"), chain.tx(0, "delete", "e")])
+    chain.commit([chain.tx(0, "put", "e", "y")])
     assert _stored_top_height(chain) != chain.store.head_height()
-    leaf = next(k for k in _tree_keys(chain, held=False) if k.startswith(b"smt/k/"))
-    _rewrite_meta(chain, {leaf: leaf[6:] + b"\x00" * 32})  # a leaf's value hash changed
+    db = chain.store._db
+    # a leaf's value hash changed: its key's record reads as the version before
+    d0 = b"s/" + record_state_key("agency0", b"d/0")
+    db.put(d0, (1).to_bytes(8, "big"))
     with pytest.raises(StoreError, match=r"store is damaged.*redwood repair"):
         app_module.Application(chain.store, chain.genesis)
-    _rewrite_meta(chain, {leaf: b"\x01" * 64})  # a leaf that holds another key
+    db.put(d0, (2).to_bytes(8, "big"))
+    # a leaf whose key reads as deleted (version 2 of "e" is its delete)
+    e = b"s/" + record_state_key("agency0", b"e")
+    db.put(e, (2).to_bytes(8, "big"))
+    with pytest.raises(StoreError, match=r"state tree is damaged.*key without a value"):
+        app_module.Application(chain.store, chain.genesis)
+    db.put(e, (3).to_bytes(8, "big"))
+    leaf = next(k for k in _tree_keys(chain, held=False) if k.startswith(b"smt/k/"))
+    _rewrite_meta(chain, {leaf: record_state_key("agency0", b"d/1")})  # holds another key
     with pytest.raises(StoreError, match=r"state tree is damaged.*holds another key"):
         app_module.Application(chain.store, chain.genesis)
 
 
-def test_a_store_of_the_first_position_layout_is_read_as_it_is(
-    chain: ProofChain, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("layout", [b"position/1", b"position/2"])
+def test_a_store_whose_leaves_hold_value_hashes_is_rebuilt_once(
+    chain: ProofChain, caplog: pytest.LogCaptureFixture, layout: bytes
 ) -> None:
-    """position/1 (stop 25) wrote the top with every block: its stored top is current."""
+    """position/1 (stop 25) and position/2 (stop 26) stored each leaf as its key hash and
+    value hash, rewritten with every value; since position/3 a leaf holds its state key."""
     from node import app as app_module
+    from node.proofs import value_hash
+    from storage import state_tree
 
     chain.commit([chain.tx(0, "put", f"p/{i}", "x") for i in range(40)])
+    chain.commit([chain.tx(0, "put", f"p/{i}", "y") for i in range(0, 40, 3)])
     chain.app.write_tree_top()
-    _rewrite_meta(chain, {app_module.TREE_LAYOUT_KEY: b"position/1", app_module.TREE_TOP_KEY: None})
+    old: dict[bytes, bytes | None] = {app_module.TREE_LAYOUT_KEY: layout}
+    for skey in chain.store.state_keys():
+        rv = chain.store.get_record(skey)
+        khash = state_tree.key_hash(skey)
+        leaf = state_tree.LEAF_PREFIX + khash
+        assert (chain.store.get_meta(leaf) is not None) == (rv.value is not None)
+        assert chain.store.get_meta(leaf) in (None, skey)
+        if rv.value is not None:
+            old[leaf] = khash + value_hash(rv.height, rv.version, rv.value)
+    assert len(old) > 41  # the 40 records, the gov/ entries and the layout marker
+    _rewrite_meta(chain, old)
     with caplog.at_level(logging.WARNING, logger="redwood.app"):
         chain.app = app_module.Application(chain.store, chain.genesis)
-    assert caplog.text == ""
-    chain.commit([chain.tx(0, "put", "p/1", "y")])
+    assert f"older layout ({layout.decode()})" in caplog.text
+    assert f"state tree rebuilt: {len(old) - 1} keys" in caplog.text
     assert chain.store.get_meta(app_module.TREE_LAYOUT_KEY) == app_module.TREE_LAYOUT
-    assert _stored_top_height(chain) == chain.store.head_height()
+    for skey in chain.store.state_keys():
+        got = chain.store.get_meta(state_tree.LEAF_PREFIX + state_tree.key_hash(skey))
+        assert got in (None, skey)
     assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
+    chain.commit([chain.tx(0, "put", "p/1", "z")])
+    chain.advance(4)
+    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"p/1")
+    assert bytes.fromhex(bundle["value"]) == b"z"
+    verify_bundle(bundle, chain.genesis)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="redwood.app"):
+        app_module.Application(chain.store, chain.genesis)
+    assert "rebuild" not in caplog.text
+
+
+def test_leaves_are_written_when_keys_are_created_and_deleted_only(chain: ProofChain) -> None:
+    """A block that gives existing keys new values writes no leaf; proofs of every height
+    in the window still verify, their leaves read from the records of that height."""
+    from node import app as app_module
+    from storage import state_tree
+
+    first = chain.commit([chain.tx(0, "put", f"n/{i}", "v0") for i in range(30)])
+    assert sum(k.startswith(state_tree.LEAF_PREFIX) for k in first.meta) == 30
+    for round_ in range(1, 4):
+        block = chain.commit([chain.tx(0, "put", f"n/{i}", f"v{round_}") for i in range(30)])
+        assert block.applied == 30
+        assert not [k for k in block.meta if k.startswith(state_tree.LEAF_PREFIX)]
+    block = chain.commit(
+        [
+            chain.tx(0, "put", "n/new", "a"),
+            chain.tx(0, "delete", "n/3"),
+            chain.tx(0, "put", "n/4", "b"),
+        ]
+    )
+    leaves = {k: v for k, v in block.meta.items() if k.startswith(state_tree.LEAF_PREFIX)}
+    assert leaves == {
+        state_tree.LEAF_PREFIX + state_tree.key_hash(record_state_key("agency0", b"n/new")):
+            record_state_key("agency0", b"n/new"),
+        state_tree.LEAF_PREFIX + state_tree.key_hash(record_state_key("agency0", b"n/3")): None,
+    }  # fmt: skip
+    assert _tree_keys(chain) == _fresh_tree_keys(chain)
+    khash = state_tree.key_hash(record_state_key("agency0", b"n/5"))
+    head = chain.store.head_height()
+    for h in range(head - 3, head + 1):  # the value of n/5 differs at each of these heights
+        proof = chain.app.prove_state(h, khash)
+        assert state_tree.verify(chain.app.state_root_at(h), khash, proof.leaf[1], proof)
+    restarted = app_module.Application(chain.store, chain.genesis)
+    assert restarted.state_root() == chain.app.state_root()
 
 
 def test_a_key_written_twice_in_a_block_holds_its_last_version(chain: ProofChain) -> None:

@@ -531,3 +531,110 @@ def test_top_levels_refuse_a_corrupt_store() -> None:
     bad[leaf] = bytes(64)
     with pytest.raises(TreeError, match="holds another key"):
         top_levels(bad.get, list_keys_of(bad), 1)
+
+
+# -- leaves by name: written when a key is created and deleted only ------------------------
+
+
+class NamedBackend:
+    """A tree whose leaves store names (as node/app.py stores state keys), next to the
+    "records": name -> the value hash a leaf of it has now."""
+
+    def __init__(self, cache_nodes_max: int = 8) -> None:
+        self.db: dict[bytes, bytes] = {}
+        self.records: dict[bytes, bytes] = {}
+        self.name_of: dict[bytes, bytes] = {}
+        self.tree = StateTree(
+            self.db.get, cache_nodes_max=cache_nodes_max, keys=keys_of(self.db), leaf=self.leaf
+        )
+
+    def leaf(self, key: bytes) -> bytes | None:
+        name = self.db.get(key)
+        if name is None:
+            return None
+        if self.name_of.get(key[6:]) != name:
+            raise TreeError("state tree leaf holds another key")
+        return key[6:] + self.records[name]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=2)), min_size=1
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_leaves_by_name_give_the_same_tree_and_are_written_at_creation_only(
+    batches: list[dict[int, bytes | None]],
+) -> None:
+    pool = key_pool(random.Random(5), 40)
+    plain = Backend(cache_nodes_max=8)
+    named = NamedBackend()
+    for k in pool:
+        named.name_of[k] = b"name of " + k
+    root: NodeRef | None = None
+    for version, batch in enumerate(batches, 1):
+        changes = {pool[i % len(pool)]: None if v is None else vh(v) for i, v in batch.items()}
+        before = {k: v for k, v in named.records.items()}
+        want = plain.apply(changes)
+        names = {k: named.name_of[k] for k, v in changes.items() if v is not None}
+        got = named.tree.update(root, changes, version, names=names)
+        assert got.root == want.root
+        leaves = {k[6:]: v for k, v in got.puts.items() if k.startswith(b"smt/k/")}
+        created = {
+            k for k, v in changes.items() if v is not None and named.name_of[k] not in before
+        }
+        assert leaves == {k: named.name_of[k] for k in created}
+        gone = {k for k, v in changes.items() if v is None and named.name_of[k] in before}
+        assert {k[6:] for k in got.deleted if k.startswith(b"smt/k/")} == gone
+        assert {k: v for k, v in got.puts.items() if not k.startswith(b"smt/k/")} == {
+            k: v for k, v in want.puts.items() if not k.startswith(b"smt/k/")
+        }
+        write(named.db, got)
+        named.tree.committed(got)
+        for k, v in changes.items():  # the records, written with the tree
+            if v is None:
+                named.records.pop(named.name_of[k], None)
+            else:
+                named.records[named.name_of[k]] = v
+        root = got.root
+        assert set(named.db) == set(plain.db)
+        rhash = EMPTY_ROOT if root is None else root.hash
+        for k in pool[:10]:
+            v = named.records.get(named.name_of[k])
+            assert verify(rhash, k, v, named.tree.prove(root, k))
+        top = {k: v for k, v in named.db.items() if is_top(k)}
+        rest = {k: v for k, v in named.db.items() if not is_top(k)}
+        nodes, got_root = top_levels(rest.get, list_keys_of(rest), 7, named.leaf)
+        assert {k: without_versions(v) for k, v in nodes.items()} == {
+            k: without_versions(v) for k, v in top.items()
+        }
+        assert (None if got_root is None else got_root.hash) == (
+            None if root is None else root.hash
+        )
+
+
+def test_a_tree_with_leaves_by_name_needs_the_names_and_checks_its_leaves() -> None:
+    named = NamedBackend()
+    keys = [key_hash(b"%d" % i) for i in range(50)]
+    for k in keys:
+        named.name_of[k] = b"n" + k
+    with pytest.raises(ValueError, match="every key's name"):
+        named.tree.update(None, {keys[0]: vh(b"v")}, 1)
+    up = named.tree.update(None, {k: vh(k) for k in keys}, 1, names=named.name_of)
+    write(named.db, up)
+    named.tree.committed(up)
+    named.records.update({b"n" + k: vh(k) for k in keys})
+    up2 = named.tree.update(up.root, {keys[1]: vh(b"new")}, 2, names=named.name_of)
+    assert not [k for k in up2.puts if k.startswith(b"smt/k/")]
+    # a leaf whose record changed behind the tree's back no longer hashes to what its
+    # parent says: the leaf is refused as missing
+    named.records[b"n" + keys[2]] = vh(b"changed")
+    with pytest.raises(TreeError, match="missing"):
+        named.tree.update(up.root, {keys[2]: vh(b"other")}, 2, names=named.name_of)
+    named.db[b"smt/k/" + keys[3]] = b"n" + keys[4]
+    with pytest.raises(TreeError, match="holds another key"):
+        named.tree.prove(up.root, keys[3])
