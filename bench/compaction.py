@@ -19,7 +19,12 @@ Ablations, for finding what the compactions carry (never for figures of the node
   by node/app.py) with every Nth block instead of every 32nd; 1 is how
   stop 25 wrote it, with every block.
 
-Usage: ``python bench/compaction.py [--blocks 300] [--block-txs 3000] [--every 50]``
+``--keys N`` writes over N record keys instead of 50,000: with more keys than the
+application remembers (`CURRENT_CACHE_KEYS`, two generations) an update's leaf is
+read from the store, and every first write of a key creates a leaf, most of them
+splitting another key's slot.
+
+Usage: ``python bench/compaction.py [--blocks 300] [--block-txs 3000] [--every 50] [--keys N]``
 (signs all transactions first: ~20 s and ~1 GB of memory for 900,000).
 """
 
@@ -146,7 +151,10 @@ def main() -> None:
     ap.add_argument("--drop-prefix", action="append", default=[], metavar="PREFIX")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--top-every", type=int, default=None, metavar="N")
+    ap.add_argument("--keys", type=int, default=bench.BENCH_KEYS, metavar="N")
     args = ap.parse_args()
+    if args.keys < 1:
+        ap.error("--keys must be at least 1")
     for opt in args.opt:
         name, _, value = opt.partition("=")
         store_module._DB_OPTIONS[name] = ast.literal_eval(value)
@@ -157,7 +165,7 @@ def main() -> None:
 
     print(f"build: {native.MODE}", file=sys.stderr)
     print(f"signing {count} transactions...", file=sys.stderr)
-    txs = bench.sign_txs(senders, genesis.chain_id, count, 10_000)
+    txs = bench.sign_txs(senders, genesis.chain_id, count, 10_000, keys=args.keys)
     tmp = Path(tempfile.mkdtemp(prefix="redwood-compaction-"))
     main_tid = str(threading.get_native_id())
     try:

@@ -73,6 +73,7 @@ from node import native
 SCENARIOS = ("throughput", "latency", "scale", "catchup", "restart")
 SCALE_VALIDATORS = (4, 7, 10, 16)
 VALUE_BYTES = 200
+BENCH_KEYS = 50_000  # record keys the signed puts cycle over (`sign_txs`)
 BATCH_TXS = 2000  # closed-loop batch size
 OPEN_LOOP_TICK_S = 0.05
 WINDOW_TXS = 24_000  # closed loop, 4 validators: most submitted-but-uncommitted transactions
@@ -405,8 +406,10 @@ def sign_txs(
     *,
     value_bytes: int = VALUE_BYTES,
     tag: str = "",
+    keys: int = BENCH_KEYS,
 ) -> list[bytes]:
-    """`count` signed puts of `value_bytes`-byte values, round-robin over (agency, key) senders."""
+    """`count` signed puts of `value_bytes`-byte values, round-robin over (agency, key) senders,
+    to record keys ``bench/0`` .. ``bench/{keys - 1}`` in turn."""
     from node import txs
 
     tag = tag or f"{random.getrandbits(32):08x}"
@@ -417,7 +420,7 @@ def sign_txs(
         value = f"{tag}:{i}:".encode()
         value = (value + filler)[:value_bytes]
         out.append(
-            txs.build(key, chain_id, "put", agency, f"bench/{i % 50_000}", value, valid_until, i)
+            txs.build(key, chain_id, "put", agency, f"bench/{i % keys}", value, valid_until, i)
         )
     return out
 

@@ -51,7 +51,8 @@ that way once.
 Pure: no I/O. Nodes are read through a `get(key) -> bytes | None` callable
 (the store's meta reads), and, to find a leaf whose key is not the one
 looked for (a new key splitting its slot, a proof of absence), a
-`keys(lo, hi) -> list` callable listing stored keys in a range. Internal
+`keys(lo, hi) -> list` callable listing stored keys in a range; leaves stored
+by name through a `leaf(key) -> key hash + value hash | None` callable. Internal
 nodes of depths 0-4 are cached, one slot per position (see `StateTree`),
 replaced as updates are committed, so a cached node is the stored one.
 Deeper nodes and leaves are read: per write into 1,000,000
@@ -480,6 +481,26 @@ class StateTree:
             raise TreeError(f"state tree leaf {lhash.hex()} is missing (corrupt store)")
         return raw
 
+    def _leaf_key(self, khash: bytes, depth: int) -> bytes:
+        """Leaves by name: the key hash of the leaf in the slot at `depth` on `khash`'s path.
+
+        An update needs no more: the slot's own key is replaced, compared by its leaf
+        hash, and another key's leaf is split by its key hash alone. So an update
+        reads no record (a proof does, `_leaf`); like the internal nodes an update
+        reads, the leaf is then taken as stored, not checked against its hash."""
+        if self._get(LEAF_PREFIX + khash) is not None:
+            return khash  # the key's own leaf: the one on its path
+        found: list[bytes] = []
+        if self._keys is not None:
+            lo, hi = _prefix_range(khash, depth)
+            found = self._keys(LEAF_PREFIX + lo, LEAF_PREFIX + hi)
+        if len(found) != 1 or len(found[0]) != len(LEAF_PREFIX) + 32:
+            raise TreeError(
+                f"state tree slot of {khash.hex()} at depth {depth} holds {len(found)} leaves "
+                "(corrupt store)"
+            )
+        return bytes(found[0][len(LEAF_PREFIX) :])
+
     def _stored_leaf(self, key: bytes, lhash: bytes) -> bytes | None:
         """The leaf stored under `key` if it is the one of hash `lhash`."""
         raw = self._leaf_get(key)
@@ -782,6 +803,8 @@ class _Batch:
             ov = self.known.get(k)
             if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
                 lraw = k + ov  # the key's own leaf, known without reading it
+            elif self.by_name:
+                lraw = self.tree._leaf_key(k, depth + 1)  # key hash only
             else:
                 lraw = self.tree._leaf(lhash, k, depth + 1)
             lkey = LEAF_PREFIX + lraw[:32]
@@ -790,11 +813,13 @@ class _Batch:
                 if v is None:
                     self.stale.append(lkey)
                     new = _GONE
-                elif lraw.endswith(v):
+                elif len(lraw) == 64 and lraw.endswith(v):
                     return None  # the same value again
                 else:  # the common case: the leaf replaced (by name: it stays as it is)
                     kv = k + v
                     h = _sha256(b"\x00" + kv).digest()
+                    if h == lhash:
+                        return None  # the same value again (its value hash not read)
                     if not self.by_name:
                         self.stale.append(lkey)
                         self.puts[lkey] = kv
@@ -959,16 +984,19 @@ class _Batch:
         ov = self.known.get(k)
         if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
             raw = k + ov
+        elif self.by_name:
+            raw = self.tree._leaf_key(k, depth)  # key hash only
         else:
             raw = self.tree._leaf(lhash, k, depth)
         key = LEAF_PREFIX + raw[:32]
         if raw.startswith(k):
-            if raw[32:] == v:
-                return None
             if v is None:
                 self.stale.append(key)
                 return _GONE
-            return self.new_value(k, v)
+            if len(raw) == 64 and raw[32:] == v:
+                return None
+            ref = self.new_value(k, v)
+            return None if ref[0] == lhash else ref  # the same value again
         if v is None:
             return None  # deleting an absent key
         return self.split(lhash, lver8, raw[:32], depth, k, v)
@@ -1005,8 +1033,11 @@ class _Batch:
 
     def leaf_slot(self, lhash: bytes, lver8: bytes, depth: int, lo: int, hi: int) -> Any:
         """Apply keys[lo:hi] (two or more) to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
-        lraw = self.tree._leaf(lhash, self.keys[lo], depth)
-        lkey, lval = lraw[:32], lraw[32:]
+        if self.by_name:  # the key hash only: a value is compared by its leaf hash
+            lkey, lval = self.tree._leaf_key(self.keys[lo], depth), None
+        else:
+            lraw = self.tree._leaf(lhash, self.keys[lo], depth)
+            lkey, lval = lraw[:32], lraw[32:]
         keys, vals = self.keys, self.vals
         refs: list[tuple[bytes, _Ref]] = []
         kept = True  # the old leaf stays as it is
@@ -1016,7 +1047,10 @@ class _Batch:
             if not placed and k >= lkey:
                 placed = True
                 if k == lkey:
-                    kept = v == lval
+                    if lval is not None:
+                        kept = v == lval
+                    else:  # by name: the same value has the same leaf hash
+                        kept = v is not None and leaf_hash(k, v) == lhash
                     if not kept:
                         if v is not None:
                             refs.append((k, self.new_value(k, v)))

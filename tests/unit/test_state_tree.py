@@ -628,13 +628,29 @@ def test_a_tree_with_leaves_by_name_needs_the_names_and_checks_its_leaves() -> N
     write(named.db, up)
     named.tree.committed(up)
     named.records.update({b"n" + k: vh(k) for k in keys})
-    up2 = named.tree.update(up.root, {keys[1]: vh(b"new")}, 2, names=named.name_of)
-    assert not [k for k in up2.puts if k.startswith(b"smt/k/")]
+    # an update reads no record: new values, a new key splitting a slot, a delete, and the
+    # same value again (compared by its leaf hash)
+    reads: list[bytes] = []
+    leaf = named.leaf
+    named.leaf = lambda key: reads.append(key) or leaf(key)  # type: ignore[method-assign]
+    named.tree._leaf_get = named.leaf
+    new_keys = [key_hash(b"new %d" % i) for i in range(20)]
+    named.name_of.update({k: b"n" + k for k in new_keys})
+    changes: dict[bytes, bytes | None] = {keys[1]: vh(b"new"), keys[5]: None, keys[6]: vh(keys[6])}
+    changes.update({k: vh(k) for k in new_keys})
+    up2 = named.tree.update(up.root, changes, 2, names=named.name_of)
+    assert reads == []
+    assert {k[6:] for k in up2.puts if k.startswith(b"smt/k/")} == set(new_keys)
+    assert [k[6:] for k in up2.deleted if k.startswith(b"smt/k/")] == [keys[5]]
+    plain = Backend()
+    plain.apply({k: vh(k) for k in keys})
+    assert plain.apply(changes).root == up2.root
     # a leaf whose record changed behind the tree's back no longer hashes to what its
-    # parent says: the leaf is refused as missing
+    # parent says: a proof refuses it as missing
     named.records[b"n" + keys[2]] = vh(b"changed")
     with pytest.raises(TreeError, match="missing"):
-        named.tree.update(up.root, {keys[2]: vh(b"other")}, 2, names=named.name_of)
+        named.tree.prove(up.root, keys[2])
+    assert reads
     named.db[b"smt/k/" + keys[3]] = b"n" + keys[4]
     with pytest.raises(TreeError, match="holds another key"):
         named.tree.prove(up.root, keys[3])
