@@ -167,7 +167,7 @@ TREE_LAYOUTS_REBUILT = (None, b"position/1", b"position/2")
 TREE_TOP_KEY = b"smt/top"  # u64 BE: the height whose tree top (depths 0-3) the store holds
 TREE_TOP_FLUSH_BLOCKS = 32  # the top is written with the blocks at multiples of this height
 REPAIR_HINT = f"Run `{RECOVERY_COMMAND}` to drop its data and sync again."
-TREE_REBUILD_KEYS = 100_000  # keys per batch when rebuilding a store's tree in this layout
+TREE_REBUILD_KEYS = 25_000  # keys per part when rebuilding the tree: bounds its memory (~230 MB peak)
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
 CLAIM_WAIT_S = 10.0
@@ -769,26 +769,25 @@ class Application:
         )  # fmt: skip
         started = time.monotonic()
         self._delete_meta_prefixes((state_tree.INTERNAL_PREFIX, state_tree.LEAF_PREFIX))
-        # key hash, value hash, state key: ~150 MB with Python's overhead for 1,000,000
-        pairs: list[bytes] = []
+        # streamed in parts of TREE_REBUILD_KEYS keys, in state key order (so at random
+        # places in the tree): memory is bounded by a part, not by the state's size
+        root: state_tree.NodeRef | None = None
+        count = 0
+        changes: dict[bytes, bytes | None] = {}
+        names: dict[bytes, bytes] = {}
         for skey in store.state_keys():
             rv = store.get_record(skey)
             if rv is not None and rv.value is not None:
-                pairs.append(
-                    state_tree.key_hash(skey) + value_hash(rv.height, rv.version, rv.value) + skey
-                )
-        pairs.sort()
-        root: state_tree.NodeRef | None = None
-        for lo in range(0, len(pairs), TREE_REBUILD_KEYS):
-            part = pairs[lo : lo + TREE_REBUILD_KEYS]
-            chunk = {p[:32]: p[32:64] for p in part}
-            names = {p[:32]: p[64:] for p in part}
-            update = self.tree.update(root, chunk, head, names=names)
-            meta: dict[bytes, bytes | None] = dict.fromkeys(update.deleted)
-            meta.update(update.puts)
-            store.write_meta(meta)
-            self.tree.committed(update)
-            root = update.root
+                khash = state_tree.key_hash(skey)
+                changes[khash] = value_hash(rv.height, rv.version, rv.value)
+                names[khash] = skey
+            if len(changes) >= TREE_REBUILD_KEYS:
+                root = self._rebuild_part(root, changes, names, head)
+                count += len(changes)
+                changes, names = {}, {}
+        if changes:
+            root = self._rebuild_part(root, changes, names, head)
+            count += len(changes)
         got = state_tree.EMPTY_ROOT if root is None else root.hash
         expected = store.get_meta(META_STATE_ROOT)
         if got != expected:
@@ -807,7 +806,22 @@ class Application:
         )
         self._layout_unmarked = False
         self._delete_meta_prefixes(state_tree.LEGACY_PREFIXES)
-        log.warning("state tree rebuilt: %d keys in %.1f s", len(pairs), time.monotonic() - started)
+        log.warning("state tree rebuilt: %d keys in %.1f s", count, time.monotonic() - started)
+
+    def _rebuild_part(
+        self,
+        root: state_tree.NodeRef | None,
+        changes: dict[bytes, bytes | None],
+        names: dict[bytes, bytes],
+        head: int,
+    ) -> state_tree.NodeRef | None:
+        """Add one part of the state to the tree being rebuilt, and write it."""
+        update = self.tree.update(root, changes, head, names=names)
+        meta: dict[bytes, bytes | None] = dict.fromkeys(update.deleted)
+        meta.update(update.puts)
+        self.store.write_meta(meta)
+        self.tree.committed(update)
+        return update.root
 
     def _recompute_top(self, head: int, stored: int | None) -> None:
         """Recompute and store the tree's top: the process that wrote the store stopped
