@@ -654,3 +654,30 @@ def test_a_tree_with_leaves_by_name_needs_the_names_and_checks_its_leaves() -> N
     named.db[b"smt/k/" + keys[3]] = b"n" + keys[4]
     with pytest.raises(TreeError, match="holds another key"):
         named.tree.prove(up.root, keys[3])
+
+
+def test_an_update_by_name_refuses_a_slot_without_its_one_leaf() -> None:
+    """An update finds another key's leaf by listing the slot's prefix: none there, or
+    two, is a corrupt store, not a tree built on a guess."""
+    named = NamedBackend()
+    a, b = bytes([0x12]) + bytes(31), bytes([0x34]) + bytes(31)  # two leaves under the root
+    named.name_of.update({a: b"a", b: b"b"})
+    up = named.tree.update(None, {a: vh(b"1"), b: vh(b"2")}, 1, names=named.name_of)
+    write(named.db, up)
+    named.records.update({b"a": vh(b"1"), b"b": vh(b"2")})
+    new = bytes([0x12, 0x80]) + bytes(30)  # splits a's slot
+    named.name_of[new] = b"new"
+    lost = dict(named.db)
+    del lost[b"smt/k/" + a]
+    tree = StateTree(lost.get, keys=keys_of(lost), leaf=named.leaf)
+    with pytest.raises(TreeError, match="holds 0 leaves"):
+        tree.update(up.root, {new: vh(b"3")}, 2, names=named.name_of)
+    extra = dict(named.db)
+    extra[b"smt/k/" + bytes([0x12, 0x40]) + bytes(30)] = b"stray"
+    tree = StateTree(extra.get, keys=keys_of(extra), leaf=named.leaf)
+    with pytest.raises(TreeError, match="holds 2 leaves"):
+        tree.update(up.root, {new: vh(b"3")}, 2, names=named.name_of)
+    got = named.tree.update(up.root, {new: vh(b"3")}, 2, names=named.name_of)
+    plain = Backend()
+    plain.apply({a: vh(b"1"), b: vh(b"2")})
+    assert plain.apply({new: vh(b"3")}).root == got.root
