@@ -386,6 +386,15 @@ def _tree_keys(chain: ProofChain, *, held: bool = True) -> set[bytes]:
     return out
 
 
+def _put_and_prove(chain: ProofChain, key: str, value: str) -> None:
+    """Commit a put of agency0's `key`, certify it, and check its bundle offline."""
+    chain.commit([chain.tx(0, "put", key, value)])
+    chain.advance(4)
+    bundle = build_record_bundle(chain.store, chain.app, "agency0", key.encode())
+    assert bytes.fromhex(bundle["value"]) == value.encode()
+    verify_bundle(bundle, chain.genesis)
+
+
 def _fresh_tree_keys(chain: ProofChain) -> set[bytes]:
     """The node keys of a tree built at once from the store's current state."""
     from node.proofs import value_hash
@@ -511,11 +520,7 @@ def test_a_store_with_the_per_version_tree_is_rebuilt_once(chain: ProofChain) ->
     assert all(chain.store.get_meta(k) is None for k in legacy)
     chain.app = rebuilt
     verify_bundle(build_record_bundle(chain.store, chain.app, "agency0", b"old/7"), chain.genesis)
-    chain.commit([chain.tx(0, "put", "old/7", "after")])
-    chain.advance(4)
-    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"old/7")
-    assert bytes.fromhex(bundle["value"]) == b"after"
-    verify_bundle(bundle, chain.genesis)
+    _put_and_prove(chain, "old/7", "after")
     again = app_module.Application(chain.store, chain.genesis)  # marked: nothing rebuilt
     assert _tree_keys(chain) == _fresh_tree_keys(chain)
     assert again.state_root() == chain.app.state_root()
@@ -601,11 +606,7 @@ def test_a_start_after_an_unclean_stop_recomputes_the_top(
     assert restarted.state_root() == chain.app.state_root()
     chain.app = restarted
     assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
-    chain.commit([chain.tx(0, "put", "u/1", "after")])
-    chain.advance(4)
-    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"u/1")
-    assert bytes.fromhex(bundle["value"]) == b"after"
-    verify_bundle(bundle, chain.genesis)
+    _put_and_prove(chain, "u/1", "after")
     caplog.clear()
     chain.app.write_tree_top()
     with caplog.at_level(logging.WARNING, logger="redwood.app"):
@@ -680,11 +681,7 @@ def test_a_store_whose_leaves_hold_value_hashes_is_rebuilt_once(
         got = chain.store.get_meta(state_tree.LEAF_PREFIX + state_tree.key_hash(skey))
         assert got in (None, skey)
     assert _tree_keys(chain, held=False) == _fresh_tree_keys(chain)
-    chain.commit([chain.tx(0, "put", "p/1", "z")])
-    chain.advance(4)
-    bundle = build_record_bundle(chain.store, chain.app, "agency0", b"p/1")
-    assert bytes.fromhex(bundle["value"]) == b"z"
-    verify_bundle(bundle, chain.genesis)
+    _put_and_prove(chain, "p/1", "z")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="redwood.app"):
         app_module.Application(chain.store, chain.genesis)

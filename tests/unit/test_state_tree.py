@@ -391,16 +391,16 @@ def test_update_matches_reference_large_batches() -> None:
     check_against_reference(rng, key_pool(rng, 3000), 6, 1500, cache_nodes_max=300)
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    st.lists(
-        st.dictionaries(
-            st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=2)), min_size=1
-        ),
-        min_size=1,
-        max_size=5,
-    )
+# batches of changes to 61 keys of a pool (None deletes), for the property tests
+BATCHES = st.lists(
+    st.dictionaries(st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=2)), min_size=1),
+    min_size=1,
+    max_size=6,
 )
+
+
+@settings(max_examples=80, deadline=None)
+@given(BATCHES)
 def test_update_matches_reference_hypothesis(batches: list[dict[int, bytes | None]]) -> None:
     pool = key_pool(random.Random(5), 40)
     db: dict[bytes, bytes] = {}
@@ -558,15 +558,7 @@ class NamedBackend:
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    st.lists(
-        st.dictionaries(
-            st.integers(0, 60), st.one_of(st.none(), st.binary(max_size=2)), min_size=1
-        ),
-        min_size=1,
-        max_size=6,
-    )
-)
+@given(BATCHES)
 def test_leaves_by_name_give_the_same_tree_and_are_written_at_creation_only(
     batches: list[dict[int, bytes | None]],
 ) -> None:
