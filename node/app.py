@@ -167,9 +167,7 @@ TREE_LAYOUTS_REBUILT = (None, b"position/1", b"position/2")
 TREE_TOP_KEY = b"smt/top"  # u64 BE: the height whose tree top (depths 0-3) the store holds
 TREE_TOP_FLUSH_BLOCKS = 32  # the top is written with the blocks at multiples of this height
 REPAIR_HINT = f"Run `{RECOVERY_COMMAND}` to drop its data and sync again."
-TREE_REBUILD_KEYS = (
-    25_000  # keys per part when rebuilding the tree: bounds its memory (~230 MB peak)
-)
+TREE_REBUILD_KEYS = 25_000  # keys per part of a tree rebuild: bounds its memory
 # how long `verify_checked` waits for another thread's check of the same transactions
 # before checking them itself (that check takes milliseconds; this only bounds a stuck one)
 CLAIM_WAIT_S = 10.0
