@@ -800,13 +800,7 @@ class _Batch:
             return _sha256(b"\x01" + head[:2] + hpart).digest(), ver8, False
         if (raw[2] << 8 | raw[3]) & bit:
             lhash, lver8 = raw[o : o + 32], raw[vo : vo + 8]
-            ov = self.known.get(k)
-            if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
-                lraw = k + ov  # the key's own leaf, known without reading it
-            elif self.by_name:
-                lraw = self.tree._leaf_key(k, depth + 1)  # key hash only
-            else:
-                lraw = self.tree._leaf(lhash, k, depth + 1)
+            lraw = self.slot_leaf(lhash, k, depth + 1)
             lkey = LEAF_PREFIX + lraw[:32]
             v = self.vals[t]
             if lraw.startswith(k):  # the key's own leaf
@@ -979,15 +973,21 @@ class _Batch:
             return None  # deletes of absent keys
         return refs[0][1] if len(refs) == 1 else self.build(depth, refs)
 
-    def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
-        """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
+    def slot_leaf(self, lhash: bytes, k: bytes, depth: int) -> bytes:
+        """The leaf (`lhash`) in the slot at `depth` on key `k`'s path, as far as an update
+        needs it: key hash + value hash, or by name the key hash only (`_leaf_key`).
+
+        `k`'s own leaf when `known` gives its value hash, without reading it."""
         ov = self.known.get(k)
         if ov is not None and _sha256(b"\x00" + k + ov).digest() == lhash:
-            raw = k + ov
-        elif self.by_name:
-            raw = self.tree._leaf_key(k, depth)  # key hash only
-        else:
-            raw = self.tree._leaf(lhash, k, depth)
+            return k + ov
+        if self.by_name:
+            return self.tree._leaf_key(k, depth)
+        return self.tree._leaf(lhash, k, depth)
+
+    def leaf_one(self, lhash: bytes, lver8: bytes, depth: int, k: bytes, v: bytes | None) -> Any:
+        """Apply key `k` alone to the slot at `depth` holding the leaf (`lhash`, `lver8`)."""
+        raw = self.slot_leaf(lhash, k, depth)
         key = LEAF_PREFIX + raw[:32]
         if raw.startswith(k):
             if v is None:
@@ -1049,11 +1049,13 @@ class _Batch:
                 if k == lkey:
                     if lval is not None:
                         kept = v == lval
-                    else:  # by name: the same value has the same leaf hash
-                        kept = v is not None and leaf_hash(k, v) == lhash
+                        new = None if kept or v is None else self.new_value(k, v)
+                    else:  # by name (no write): the same value has the same leaf hash
+                        new = None if v is None else self.new_value(k, v)
+                        kept = new is not None and new[0] == lhash
                     if not kept:
-                        if v is not None:
-                            refs.append((k, self.new_value(k, v)))
+                        if new is not None:
+                            refs.append((k, new))
                         else:
                             self.stale.append(LEAF_PREFIX + lkey)
                         continue
