@@ -105,10 +105,10 @@ def open_once(path: Path, genesis_file: Path) -> None:
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+        kib = bench.status_kib(f.read(), field)
+    if kib is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return kib / 1024
 
 
 def main() -> None:
